@@ -1,0 +1,5 @@
+import sys
+
+from edgegw.cli import main
+
+sys.exit(main())

@@ -1,0 +1,156 @@
+"""Wiring and lifecycle: outbox, forwarder, pipeline, sources; SIGTERM drains in reverse."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from edgegw.config.model import GatewayConfig
+from edgegw.errors import OutboxError
+from edgegw.forwarder import Forwarder
+from edgegw.outbox import Outbox, PendingEvent
+from edgegw.pipeline import TelemetryBuilder
+from edgegw.reading import Reading
+from edgegw.sinks.mqtt import MqttSettings
+from edgegw.sources.base import Source
+from edgegw.sources.registry import build_source
+
+log = logging.getLogger(__name__)
+
+INTAKE_QUEUE_BATCHES = 256
+COMMIT_MAX_EVENTS = 1000
+EXPIRE_EVERY = 60.0
+
+
+def mqtt_settings(config: GatewayConfig) -> MqttSettings:
+    mqtt = config.mqtt
+    status_topic = mqtt.status_topic.format(**config.topic_fields())
+    return MqttSettings(
+        host=mqtt.host,
+        port=mqtt.port,
+        client_id=config.client_id,
+        protocol=mqtt.version,
+        keepalive=int(mqtt.keepalive),
+        connect_timeout=mqtt.connect_timeout,
+        status_topic=status_topic,
+    )
+
+
+class Gateway:
+    """One running gateway. `run()` returns after a clean stop (see `request_stop`)."""
+
+    def __init__(self, config: GatewayConfig, *, shutdown_grace: float = 10.0) -> None:
+        self.config = config
+        self.shutdown_grace = shutdown_grace
+        self.outbox = Outbox(
+            config.outbox_path,
+            synchronous=config.outbox.synchronous,
+            max_rows=config.outbox.max_rows,
+            max_age=config.outbox.max_age,
+        )
+        self.forwarder = Forwarder(
+            self.outbox, mqtt_settings(config), qos=config.mqtt.qos, window=config.mqtt.inflight
+        )
+        self.builder = TelemetryBuilder(config)
+        self.sources: list[Source] = [build_source(source) for source in config.sources]
+        self.intake: asyncio.Queue[list[Reading]] = asyncio.Queue(INTAKE_QUEUE_BATCHES)
+        self.stop_requested = asyncio.Event()
+        self.committed = 0
+        self.started = asyncio.Event()
+
+    def request_stop(self) -> None:
+        self.stop_requested.set()
+
+    async def run(self) -> None:
+        await self.outbox.open()
+        forwarder_stop = asyncio.Event()
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self.forwarder.run(forwarder_stop), name="forwarder")
+                committer = group.create_task(self._commit_forever(), name="committer")
+                expirer = group.create_task(self._expire_forever(), name="retention")
+                readers = [
+                    group.create_task(self._read_forever(source), name=f"source:{source.name}")
+                    for source in self.sources
+                ]
+                self.started.set()
+                log.info(
+                    "gateway started id=%s sources=%d outbox_depth=%d",
+                    self.config.gateway.id,
+                    len(self.sources),
+                    self.outbox.depth,
+                )
+                await self.stop_requested.wait()
+                log.info("stopping: sources first, then the outbox, then the broker")
+                for reader in readers:
+                    reader.cancel()
+                await asyncio.gather(*readers, return_exceptions=True)
+                await self.intake.join()
+                committer.cancel()
+                expirer.cancel()
+                forwarder_stop.set()
+        finally:
+            await self.outbox.close()
+            log.info(
+                "gateway stopped committed=%d published=%d",
+                self.committed,
+                self.forwarder.status.published,
+            )
+
+    async def _read_forever(self, source: Source) -> None:
+        # Sources turn device faults into bad readings; anything escaping is a bug in a source,
+        # and still must not take the other devices down: restart that source after a pause.
+        while True:
+            try:
+                async for batch in source.batches():
+                    await self.intake.put(batch)
+            except Exception:
+                log.exception("source crashed; restarting it in 5 s source=%s", source.name)
+                source.status.connected = False
+                await asyncio.sleep(5.0)
+
+    async def _commit_forever(self) -> None:
+        """Build telemetry and commit it in groups: what arrives during a commit joins the next."""
+        while True:
+            batches = [await self.intake.get()]
+            events: list[PendingEvent] = self.builder.build(batches[0])
+            while len(events) < COMMIT_MAX_EVENTS and not self.intake.empty():
+                batch = self.intake.get_nowait()
+                batches.append(batch)
+                events.extend(self.builder.build(batch))
+            try:
+                while True:
+                    try:
+                        self.committed += await self.outbox.append(events)
+                        break
+                    except OutboxError as exc:
+                        # Intake stops (the queue fills, sources wait) instead of losing data.
+                        log.error("cannot commit to the outbox; retrying in 1 s error=%s", exc)
+                        await asyncio.sleep(1.0)
+            finally:
+                for _ in batches:
+                    self.intake.task_done()
+
+    async def _expire_forever(self) -> None:
+        while True:
+            await asyncio.sleep(EXPIRE_EVERY)
+            try:
+                await self.outbox.expire()
+            except OutboxError as exc:
+                log.error("retention pass failed error=%s", exc)
+
+
+async def run_gateway(config: GatewayConfig) -> None:
+    """Run until SIGTERM or SIGINT."""
+    gateway = Gateway(config)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, gateway.request_stop)
+    try:
+        await gateway.run()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(signum)

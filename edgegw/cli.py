@@ -1,0 +1,181 @@
+"""The `edgegw` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+import orjson
+
+from edgegw import __version__
+from edgegw.errors import ConfigError, EdgeGwError
+
+EX_CONFIG = 78  # sysexits.h: the unit has RestartPreventExitStatus=78, so a typo is no restart loop
+
+
+def _add_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-c", "--config", required=True, metavar="FILE", help="the gateway's YAML config file"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgegw",
+        description="Shop-floor edge gateway: reads PLCs (Modbus TCP), keeps every value in a "
+        "local SQLite outbox, and forwards it to an MQTT broker at least once.",
+        epilog="Exit status: 0 ok, 1 runtime error, 78 invalid configuration.",
+    )
+    parser.add_argument("--version", action="version", version=f"edgegw {__version__}")
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="log verbosity (default: info)",
+    )
+    parser.add_argument(
+        "--log-format",
+        default="auto",
+        choices=["auto", "text", "json"],
+        help="auto: readable text on a terminal, JSON lines otherwise (journald)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run",
+        help="run the gateway until SIGTERM",
+        description="Run the gateway: poll the sources, commit every value to the outbox, "
+        "forward it to the broker. SIGTERM or Ctrl-C stops it cleanly: the sources stop, what "
+        "was read is committed, in-flight publishes finish; unsent events wait on disk.",
+    )
+    _add_config(run)
+
+    check = commands.add_parser(
+        "check",
+        help="validate a config file and exit",
+        description="Validate a config file offline. Prints every problem as FILE:LINE:COL "
+        "path: message and exits 78, or prints a summary and exits 0.",
+    )
+    _add_config(check)
+
+    demo = commands.add_parser(
+        "demo",
+        help="run simulator + broker + gateway and print what a subscriber receives",
+        description="Start the Modbus PLC simulator, an MQTT broker (the system mosquitto if "
+        "installed, otherwise an embedded Python broker), and the gateway on the demo config; "
+        "print every message a subscriber receives until Ctrl-C.",
+    )
+    demo.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="stop after this many seconds (default: run until Ctrl-C)",
+    )
+    demo.add_argument(
+        "--broker",
+        choices=["auto", "mosquitto", "embedded"],
+        default="auto",
+        help="which broker to start (default: auto)",
+    )
+    demo.add_argument(
+        "--state-dir",
+        default=None,
+        metavar="DIR",
+        help="where the demo keeps its outbox (default: a temporary directory)",
+    )
+
+    commands.add_parser(
+        "schema",
+        help="print the JSON Schema of the config file",
+        description="Print the JSON Schema of the config file, for editor completion "
+        "(e.g. with the YAML language server: # yaml-language-server: $schema=edgegw.json).",
+    )
+
+    outbox = commands.add_parser(
+        "outbox", help="inspect the outbox", description="Inspect the outbox of a gateway."
+    )
+    outbox_commands = outbox.add_subparsers(dest="outbox_command", required=True, metavar="ACTION")
+    stats = outbox_commands.add_parser(
+        "stats",
+        help="depth, sequence range, oldest age, dropped events, file size",
+        description="Print the outbox's depth, sequence range, age of the oldest event, "
+        "events dropped by retention, and file size. Safe while the gateway runs.",
+    )
+    _add_config(stats)
+    stats.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from edgegw.logs import setup_logging
+
+    setup_logging(args.log_level, {"auto": None, "text": False, "json": True}[args.log_format])
+    try:
+        if args.command == "schema":
+            return _schema()
+        if args.command == "demo":
+            from edgegw.demo import run_demo
+
+            return run_demo(duration=args.duration, broker=args.broker, state_dir=args.state_dir)
+        config = _load(args.config)
+        if args.command == "check":
+            count = sum(len(source.tags) for source in config.sources)
+            print(f"{args.config}: ok ({len(config.sources)} sources, {count} tags)")
+            return 0
+        if args.command == "run":
+            from edgegw.app import run_gateway
+
+            asyncio.run(run_gateway(config))
+            return 0
+        if args.command == "outbox":
+            return _outbox_stats(config.outbox_path, as_json=args.json)
+    except ConfigError as exc:
+        print("\n".join(exc.issues), file=sys.stderr)
+        return EX_CONFIG
+    except EdgeGwError as exc:
+        print(f"edgegw: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+def _load(path: str):  # type: ignore[no-untyped-def]
+    from edgegw.config.loader import load_config
+
+    return load_config(path)
+
+
+def _schema() -> int:
+    from edgegw.config.model import GatewayConfig
+
+    schema = GatewayConfig.model_json_schema(mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "edgegw configuration"
+    sys.stdout.write(orjson.dumps(schema, option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 0
+
+
+def _outbox_stats(path: str, *, as_json: bool) -> int:
+    from edgegw.outbox import read_stats
+
+    stats = read_stats(path).as_dict()
+    if as_json:
+        sys.stdout.write(orjson.dumps(stats).decode() + "\n")
+        return 0
+    age = stats["oldest_age_seconds"]
+    print(f"outbox      {stats['path']}")
+    print(f"depth       {stats['depth']} events waiting for the broker")
+    print(f"seq         first {stats['first_seq']}, last assigned {stats['last_seq']}")
+    print(f"oldest      {'-' if age is None else f'{age:.1f} s ago'}")
+    print(f"dropped     {stats['dropped']} events by retention")
+    print(f"file        {stats['file_bytes']} bytes")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

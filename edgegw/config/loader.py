@@ -1,0 +1,92 @@
+"""Read a config file: YAML with positions, then the model, then cross-entry rules.
+
+Every problem is collected and reported at once as `FILE:LINE:COL path: message`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+from edgegw.config.diagnostics import format_issue, validate_document, with_summary
+from edgegw.config.model import GatewayConfig
+from edgegw.config.yamlpos import YamlDocument, load_yaml_file
+from edgegw.errors import ConfigError
+
+Loc = tuple[str | int, ...]
+
+
+def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
+    """The validated config, or ConfigError listing every problem in the file."""
+    doc = load_yaml_file(path)
+    duplicates = _duplicate_names(doc)
+    try:
+        config = validate_document(GatewayConfig, doc)
+    except ConfigError as exc:
+        if not duplicates:
+            raise
+        # Merge with the model's findings, keeping one summary line at the end.
+        issues = [line for line in exc.issues if not _is_summary(line)] + duplicates
+        issues.sort(key=lambda issue: _position(doc.path, issue))
+        raise ConfigError(with_summary(issues)) from None
+    if duplicates:
+        raise ConfigError(with_summary(duplicates))
+    return config
+
+
+def _is_summary(line: str) -> bool:
+    return line.endswith("gateway not started.")
+
+
+_LINE_COL = re.compile(r"^:(\d+):(\d+)")
+
+
+def _position(path: str, issue: str) -> tuple[int, int]:
+    match = _LINE_COL.match(issue[len(path) :]) if issue.startswith(path) else None
+    return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+
+
+def loc_to_path(loc: Loc) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else part
+    return text
+
+
+def _duplicate_names(doc: YamlDocument) -> list[str]:
+    """Source names must be unique in the file, tag names unique in their source."""
+    issues: list[str] = []
+    data: Any = doc.data
+    sources = data.get("sources") if isinstance(data, dict) else None
+    if not isinstance(sources, list):
+        return issues
+    issues += _duplicates_in(doc, sources, ("sources",), "source")
+    for index, source in enumerate(sources):
+        if isinstance(source, dict) and isinstance(source.get("tags"), list):
+            issues += _duplicates_in(doc, source["tags"], ("sources", index, "tags"), "tag")
+    return issues
+
+
+def _duplicates_in(doc: YamlDocument, entries: list[Any], base: Loc, what: str) -> list[str]:
+    issues: list[str] = []
+    first_seen: dict[str, int] = {}
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            continue
+        name = entry["name"]
+        if name in first_seen:
+            loc: Loc = (*base, index, "name")
+            first_loc: Loc = (*base, first_seen[name], "name")
+            first_mark = doc.value_marks.get(first_loc)
+            where = f" (first at line {first_mark.line})" if first_mark else ""
+            message = f"duplicate {what} name '{name}'{where}; {what} names must be unique"
+            issues.append(
+                format_issue(doc.path, doc.value_marks.get(loc), loc_to_path(loc), message)
+            )
+        else:
+            first_seen[name] = index
+    return issues

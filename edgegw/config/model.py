@@ -1,0 +1,165 @@
+"""The configuration tree: one pydantic model per YAML section."""
+
+from __future__ import annotations
+
+import string
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, PlainValidator, WithJsonSchema, model_validator
+
+from edgegw.config.types import Duration, StrictModel
+from edgegw.sources.modbus.config import ModbusSourceConfig, Name
+
+TOPIC_PLACEHOLDERS = ("site", "area", "line", "gateway", "source", "tag")
+STATUS_PLACEHOLDERS = ("site", "area", "line", "gateway")
+
+SourceConfig = ModbusSourceConfig
+"""Union of the source configs, discriminated on `protocol` once there is more than one."""
+
+
+class GatewaySection(StrictModel):
+    id: Name = Field(description="Unique per gateway: part of idempotency keys and client id.")
+    site: Name | None = Field(default=None, description="ISA-95 site, used in topics.")
+    area: Name | None = Field(default=None, description="ISA-95 area, used in topics.")
+    line: Name | None = Field(default=None, description="ISA-95 line, used in topics.")
+    state_dir: str = Field(
+        default="/var/lib/edgegw", description="Directory of the outbox database."
+    )
+
+
+def _check_mqtt_url(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a URL such as 'mqtt://127.0.0.1:1883', got {value!r}")
+    parts = urlsplit(value)
+    if parts.scheme == "mqtts":
+        raise ValueError("mqtts:// (TLS) is not supported yet; use mqtt://HOST[:PORT]")
+    if parts.scheme != "mqtt":
+        raise ValueError(f"unsupported scheme in '{value}'; write mqtt://HOST[:PORT]")
+    if not parts.hostname:
+        raise ValueError(f"'{value}' has no host; write mqtt://HOST[:PORT]")
+    try:
+        parts.port  # noqa: B018 - raises on a port that is out of range or not a number
+    except ValueError:
+        raise ValueError(f"'{value}' has an invalid port; it must be 1..65535") from None
+    return value
+
+
+MqttUrl = Annotated[
+    str,
+    PlainValidator(_check_mqtt_url),
+    WithJsonSchema(
+        {"type": "string", "pattern": r"^mqtts?://", "examples": ["mqtt://broker:1883"]}
+    ),
+]
+
+
+def check_template(template: str, allowed: tuple[str, ...], what: str) -> None:
+    from edgegw.config.diagnostics import did_you_mean
+
+    try:
+        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as exc:
+        raise ValueError(f"{what} '{template}' is not a valid template: {exc}") from None
+    for name in fields:
+        if name not in allowed:
+            hint = did_you_mean(name, allowed)
+            suggestion = f"; did you mean '{{{hint}}}'?" if hint else ""
+            raise ValueError(
+                f"unknown placeholder '{{{name}}}' in {what}{suggestion} "
+                f"(one of: {', '.join('{' + a + '}' for a in allowed)})"
+            )
+    if any(ch in template for ch in "+#") or template.startswith("/") or "//" in template:
+        raise ValueError(f"{what} '{template}' must not contain '+', '#', '//' or start with '/'")
+
+
+class MqttSection(StrictModel):
+    url: MqttUrl = Field(default="mqtt://127.0.0.1:1883")
+    client_id: str | None = Field(
+        default=None,
+        max_length=128,
+        description="Default: edgegw-{gateway.id}. Unique per gateway.",
+    )
+    qos: Literal[0, 1] = Field(default=1, description="1 (at least once) keeps the promise.")
+    version: Literal["5", "3.1.1"] = Field(default="5", description="MQTT protocol version.")
+    topic: str = Field(
+        default="{site}/{area}/{line}/{source}/{tag}",
+        description="Telemetry topic; placeholders: site area line gateway source tag.",
+    )
+    status_topic: str = Field(
+        default="{site}/{area}/{line}/{gateway}/status",
+        description="Retained 'online' on connect, 'offline' as last will.",
+    )
+    keepalive: Duration = Field(default=30.0)
+    connect_timeout: Duration = Field(default=10.0)
+    inflight: int = Field(
+        default=100, ge=1, le=10000, description="Publishes awaiting their PUBACK at once."
+    )
+
+    @model_validator(mode="after")
+    def _check_topics(self) -> MqttSection:
+        check_template(self.topic, TOPIC_PLACEHOLDERS, "topic")
+        check_template(self.status_topic, STATUS_PLACEHOLDERS, "status_topic")
+        if self.keepalive < 1:
+            raise ValueError("keepalive must be at least 1s")
+        return self
+
+    @property
+    def host(self) -> str:
+        host = urlsplit(self.url).hostname
+        assert host is not None
+        return host
+
+    @property
+    def port(self) -> int:
+        return urlsplit(self.url).port or 1883
+
+
+class OutboxSection(StrictModel):
+    synchronous: Literal["full", "normal", "extra"] = Field(
+        default="full",
+        description="SQLite synchronous mode: full survives power loss; normal may lose the "
+        "last commits on power loss (never on a crash of the process).",
+    )
+    max_rows: int = Field(default=10_000_000, ge=1000, description="Retention by row count.")
+    max_age: Duration = Field(default=7 * 86400.0, description="Retention by age, e.g. '7d'.")
+    path: str | None = Field(
+        default=None, description="Database file; default: {state_dir}/outbox.sqlite3."
+    )
+
+
+class GatewayConfig(StrictModel):
+    """The whole configuration file."""
+
+    gateway: GatewaySection
+    mqtt: MqttSection = Field(default_factory=MqttSection)
+    outbox: OutboxSection = Field(default_factory=OutboxSection)
+    sources: list[SourceConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check_placeholders_defined(self) -> GatewayConfig:
+        for template, what in (
+            (self.mqtt.topic, "mqtt.topic"),
+            (self.mqtt.status_topic, "mqtt.status_topic"),
+        ):
+            for level in ("site", "area", "line"):
+                if "{" + level + "}" in template and getattr(self.gateway, level) is None:
+                    raise ValueError(
+                        f"{what} uses {{{level}}} but gateway.{level} is not set; set it or "
+                        "drop the placeholder"
+                    )
+        return self
+
+    @property
+    def client_id(self) -> str:
+        return self.mqtt.client_id or f"edgegw-{self.gateway.id}"
+
+    @property
+    def outbox_path(self) -> str:
+        import os
+
+        return self.outbox.path or os.path.join(self.gateway.state_dir, "outbox.sqlite3")
+
+    def topic_fields(self) -> dict[str, str]:
+        g = self.gateway
+        return {"site": g.site or "", "area": g.area or "", "line": g.line or "", "gateway": g.id}

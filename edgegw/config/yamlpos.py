@@ -1,0 +1,393 @@
+"""Load YAML into plain Python data and remember where every value was written.
+
+PyYAML's `compose` gives nodes that carry their start marks; the plain data (dict, list,
+str, int, float, bool, None) is built here from those nodes, so that each value's position
+is recorded under its path (`("sources", 0, "tags", 1, "type")`, the root is `()`), and each
+mapping entry's key position too. Scalars go through SafeLoader's own constructors, so
+`7d`, `500ms` and `holding:100` stay strings, `1` is an int, `0.5` a float, `true` a bool.
+
+Every problem PyYAML's parser lets through is collected before anything is reported:
+duplicate keys (all of them, in every mapping), keys that are neither text nor integers,
+unsupported tags, recursive aliases. A syntax error stops the parser, so it is reported
+alone. Each problem is one `ConfigError` line, `FILE:LINE:COL path: message`, counted from 1,
+and the list ends with the summary line.
+
+Differences from SafeLoader, on purpose:
+
+- Merge keys (`<<: *defaults`, `<<: [*a, *b]`) are supported with YAML 1.1 semantics: keys
+  written in the mapping win over merged ones, and an earlier merge source wins over a later
+  one. A merged value keeps the position where it was written (in the anchored mapping), so
+  an error in it points at the text that has to change.
+- Timestamps (`2024-05-01`) stay strings: the config has no date fields, and a `datetime`
+  would only turn into a confusing type error.
+- `!!binary`, `!!set`, `!!omap`, `!!pairs` and custom tags such as `!env` are refused.
+- Aliases may not expand to more than `MAX_NODES` values (the "billion laughs" bomb).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+from yaml.constructor import SafeConstructor
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from edgegw.config.diagnostics import format_issue, with_summary
+from edgegw.errors import ConfigError
+
+Path = tuple[str | int, ...]
+
+MAX_NODES = 100_000
+"""Values a document may expand to through aliases before it is refused."""
+
+_TAG = "tag:yaml.org,2002:"
+_MAP, _SEQ, _MERGE = _TAG + "map", _TAG + "seq", _TAG + "merge"
+_SCALAR_TAGS = frozenset(_TAG + name for name in ("str", "int", "float", "bool", "null"))
+_TIMESTAMP = _TAG + "timestamp"
+
+# PyYAML's parser names tokens like '<block end>'; say what they mean in a config file.
+_TOKEN_WORDS = {
+    "'<block end>'": "the end of an indented block",
+    "<block end>": "the end of an indented block",
+    "'<block mapping start>'": "the start of a new 'key: value' block",
+    "<block mapping start>": "the start of a new 'key: value' block",
+    "'<block sequence start>'": "the start of a list ('- ...')",
+    "'<block sequence entry>'": "a list item ('- ...')",
+    "<block sequence entry>": "a list item ('- ...')",
+    "'<stream end>'": "the end of the file",
+    "<stream end>": "the end of the file",
+    "'<document start>'": "'---'",
+    "<document start>": "'---'",
+    "<scalar>": "a value",
+    "'<scalar>'": "a value",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    """A position in the file; both numbers are counted from 1."""
+
+    line: int
+    column: int
+
+
+@dataclass(slots=True)
+class YamlDocument:
+    """One loaded YAML file: the plain data and where each piece of it was written."""
+
+    path: str
+    """The file name as the user gave it: printed in every error."""
+    data: Any
+    """Plain dict/list/str/int/float/bool/None."""
+    value_marks: dict[Path, Mark] = field(default_factory=dict)
+    """Position of the value at each path; the root is `()`."""
+    key_marks: dict[Path, Mark] = field(default_factory=dict)
+    """Position of the key of each mapping entry; the path ends with that key."""
+
+
+def load_yaml_file(path: str | os.PathLike[str]) -> YamlDocument:
+    """Read and load a YAML file; ConfigError if it cannot be read or is not valid YAML."""
+    name = os.fspath(path)
+    try:
+        with open(name, "rb") as handle:
+            raw = handle.read()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError(with_summary([f"{name}: cannot read the file: {reason}"])) from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        bad = raw[exc.start : exc.start + 1].hex()
+        message = f"the file is not UTF-8 text (byte 0x{bad} on line {line})"
+        raise ConfigError(with_summary([format_issue(name, None, "", message)])) from None
+    return load_yaml_text(text, name)
+
+
+def load_yaml_text(text: str, path: str = "<string>") -> YamlDocument:
+    """Load YAML text; `path` is only used in messages. ConfigError lists every problem."""
+    root = _compose_single(text, path)
+    if root is None or (
+        isinstance(root, ScalarNode) and root.tag == _TAG + "null" and root.value == ""
+    ):
+        raise ConfigError(with_summary([format_issue(path, None, "", "file is empty")]))
+    builder = _Builder(path)
+    data = builder.build(root, ())
+    if builder.problems:
+        builder.problems.sort(key=lambda problem: (problem[0].line, problem[0].column))
+        raise ConfigError(with_summary([issue for _, issue in builder.problems]))
+    return YamlDocument(path, data, builder.value_marks, builder.key_marks)
+
+
+def _compose_single(text: str, path: str) -> Node | None:
+    try:
+        loader = yaml.SafeLoader(text)  # the reader refuses control characters right here
+    except yaml.reader.ReaderError as exc:
+        raise ConfigError(with_summary([_reader_issue(path, text, exc)])) from None
+    try:
+        return loader.get_single_node()
+    except yaml.MarkedYAMLError as exc:
+        if exc.context == "expected a single document in the stream" and exc.problem_mark:
+            message = (
+                "a second YAML document starts here; a config file holds exactly one "
+                "(remove this '---' and what follows, or merge it into the first)"
+            )
+            issue = format_issue(path, _mark(exc.problem_mark), "", message)
+        else:
+            issue = _syntax_issue(path, exc)
+        raise ConfigError(with_summary([issue])) from None
+    except yaml.reader.ReaderError as exc:
+        raise ConfigError(with_summary([_reader_issue(path, text, exc)])) from None
+    finally:
+        loader.dispose()
+
+
+def _mark(mark: yaml.Mark) -> Mark:
+    return Mark(mark.line + 1, mark.column + 1)
+
+
+def _short_tag(tag: str) -> str:
+    """'tag:yaml.org,2002:binary' -> '!!binary', as it was written."""
+    return "!!" + tag.removeprefix(_TAG) if tag.startswith(_TAG) else tag
+
+
+_PHRASES = {
+    "found unexpected end of stream": "the file ends too early",
+    "while scanning a quoted scalar": "inside a quoted value",
+    "while scanning a simple key": "while reading a key",
+    "while scanning": "while reading",
+    "while parsing": "while reading",
+    "flow sequence": "[...] list",
+    "flow mapping": "{...} mapping",
+    "block mapping": "indented mapping",
+    "block collection": "indented block",
+    "block sequence": "indented list",
+    "plain scalar": "value",
+    "scalar": "value",
+}
+"""PyYAML's parser vocabulary, in the words of someone editing a config file."""
+
+
+def _plain(text: str) -> str:
+    for token, words in _TOKEN_WORDS.items():
+        text = text.replace(token, words)
+    for phrase, words in _PHRASES.items():
+        text = text.replace(phrase, words)
+    return text.replace(" a indented", " an indented")
+
+
+def _syntax_issue(path: str, exc: yaml.MarkedYAMLError) -> str:
+    """One line for a PyYAML parse error: where, what, and what it was in the middle of."""
+    problem = exc.problem or "invalid YAML"
+    mark = exc.problem_mark or exc.context_mark
+    undefined = re.fullmatch(r"found undefined alias '(.*)'", problem)
+    if "cannot start any token" in problem and "\\t" in problem:
+        message = "a tab character cannot be used for indentation in YAML; use spaces"
+    elif undefined:
+        name = undefined.group(1)
+        message = f"unknown alias '*{name}'; define it with '&{name}' before this point"
+    else:
+        message = _plain(problem)
+        if exc.context and exc.context_mark is not None:
+            context = _plain(exc.context)
+            same_place = exc.problem_mark is not None and (
+                exc.context_mark.line == exc.problem_mark.line
+            )
+            where = "" if same_place else f" started on line {exc.context_mark.line + 1}"
+            message += f" ({context}{where})"
+        if "mapping values are not allowed" in problem:
+            message += "; a ':' inside a value needs quotes, or the indentation is off"
+        elif "expected the end of an indented block" in message:
+            message += "; check the indentation"
+        elif exc.context in ("while parsing a flow sequence", "while parsing a flow mapping"):
+            closing = "]" if "sequence" in exc.context else "}"
+            message += f"; is a closing '{closing}' missing?"
+    return format_issue(path, None if mark is None else _mark(mark), "", message)
+
+
+def _reader_issue(path: str, text: str, exc: yaml.reader.ReaderError) -> str:
+    before = text[: exc.position]
+    line = before.count("\n") + 1
+    column = exc.position - (before.rfind("\n") + 1) + 1
+    character = exc.character if isinstance(exc.character, str) else chr(exc.character)
+    message = f"the character {character!r} is not allowed in a YAML file"
+    return format_issue(path, Mark(line, column), "", message)
+
+
+class _Builder:
+    """Turns a composed node tree into plain data, recording marks and problems."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.value_marks: dict[Path, Mark] = {}
+        self.key_marks: dict[Path, Mark] = {}
+        self.problems: list[tuple[Mark, str]] = []
+        self._reported: set[tuple[Mark, str]] = set()  # a node reached twice via aliases
+        self._constructor = SafeConstructor()
+        self._active: set[int] = set()  # ids of the collections being built: alias loops
+        self._count = 0
+        self._list_items: set[Path] = set()  # paths that end with a list index
+        self._too_many = False
+
+    def problem(self, node: Node, path: Path, message: str) -> None:
+        mark = _mark(node.start_mark)
+        if (mark, message) in self._reported:
+            return
+        self._reported.add((mark, message))
+        self.problems.append((mark, format_issue(self.path, mark, self._render(path), message)))
+
+    def _render(self, path: Path) -> str:
+        """`sources[0].tags`: list items as indices, mapping keys (integers too) dotted."""
+        text = ""
+        for end in range(1, len(path) + 1):
+            part = path[end - 1]
+            if path[:end] in self._list_items:
+                text += f"[{part}]"
+            else:
+                text += f".{part}" if text else str(part)
+        return text
+
+    def build(self, node: Node, path: Path) -> Any:
+        self._count += 1
+        if self._count > MAX_NODES:
+            if not self._too_many:
+                self._too_many = True
+                self.problem(
+                    node,
+                    path,
+                    f"the aliases (*name) in this file expand to more than {MAX_NODES} values; "
+                    "refusing to load it",
+                )
+            return None
+        self.value_marks[path] = _mark(node.start_mark)
+        if isinstance(node, ScalarNode):
+            return self._scalar(node, path)
+        if id(node) in self._active:
+            self.problem(node, path, "an alias refers to a collection that contains it (a loop)")
+            return None
+        self._active.add(id(node))
+        try:
+            if isinstance(node, SequenceNode):
+                if node.tag != _SEQ:
+                    self.problem(
+                        node, path, f"unsupported YAML tag '{_short_tag(node.tag)}' on a list"
+                    )
+                items = []
+                for index, item in enumerate(node.value):
+                    self._list_items.add((*path, index))
+                    items.append(self.build(item, (*path, index)))
+                return items
+            if isinstance(node, MappingNode):
+                if node.tag != _MAP:
+                    self.problem(
+                        node, path, f"unsupported YAML tag '{_short_tag(node.tag)}' on a mapping"
+                    )
+                return self._mapping(node, path)
+            self.problem(node, path, f"unexpected YAML node {type(node).__name__}")
+            return None
+        finally:
+            self._active.discard(id(node))
+
+    def _scalar(self, node: ScalarNode, path: Path) -> Any:
+        if node.tag == _TIMESTAMP:
+            return str(node.value)
+        if node.tag not in _SCALAR_TAGS:
+            self.problem(
+                node,
+                path,
+                f"unsupported YAML tag '{_short_tag(node.tag)}'; write a plain value instead",
+            )
+            return None
+        try:
+            return self._constructor.construct_object(node, deep=True)
+        except (yaml.YAMLError, ValueError, KeyError):  # `!!int abc`, `!!bool maybe`
+            self.problem(node, path, f"cannot read {node.value!r} as {_short_tag(node.tag)}")
+            return None
+
+    def _key(self, node: Node, path: Path) -> str | int | None:
+        """The key as plain data; None (after recording a problem) if it cannot be one."""
+        if not isinstance(node, ScalarNode) or node.tag not in _SCALAR_TAGS:
+            self.problem(node, path, "a mapping key must be a plain word or number")
+            return None
+        key = self._constructor.construct_object(node, deep=True)
+        if isinstance(key, str | int):  # bool is an int: `yes:`/`on:` keys, as YAML 1.1 has it
+            return key
+        self.problem(
+            node, path, f"a mapping key must be text or an integer (got {node.value!r}); quote it"
+        )
+        return None
+
+    def _entries(self, node: MappingNode, path: Path) -> list[tuple[str | int, Node, Node]]:
+        """The (key, key node, value node) of a mapping, merges flattened, duplicates reported."""
+        own: list[tuple[str | int, Node, Node]] = []
+        first_seen: dict[str | int, Node] = {}
+        merge: tuple[Node, Node] | None = None
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE:
+                if merge is not None:
+                    first = _mark(merge[0].start_mark).line
+                    self.problem(
+                        key_node, path, f"duplicate key '<<' (first defined at line {first})"
+                    )
+                else:
+                    merge = (key_node, value_node)
+                continue
+            key = self._key(key_node, path)
+            if key is None:
+                continue
+            if key in first_seen:
+                earlier = first_seen[key]
+                where = f"line {_mark(earlier.start_mark).line}"
+                if isinstance(earlier, ScalarNode) and earlier.value != key_node.value:
+                    where += f" as '{earlier.value}'"  # `on:` then `1:` (both are 1 in YAML 1.1)
+                self.problem(
+                    key_node, (*path, key), f"duplicate key '{key}' (first defined at {where})"
+                )
+                continue
+            first_seen[key] = key_node
+            own.append((key, key_node, value_node))
+        if merge is None:
+            return own
+        # Keys written here win; then each merge source in order, the first one winning.
+        merged = list(own)
+        present = set(first_seen)
+        for source in self._merge_sources(merge, path):
+            if id(source) in self._active:
+                self.problem(source, path, "'<<' (merge) refers to a mapping that contains it")
+                continue
+            self._active.add(id(source))
+            try:
+                entries = self._entries(source, path)
+            finally:
+                self._active.discard(id(source))
+            for key, key_node, value_node in entries:
+                if key not in present:
+                    present.add(key)
+                    merged.append((key, key_node, value_node))
+        return merged
+
+    def _merge_sources(self, merge: tuple[Node, Node], path: Path) -> list[MappingNode]:
+        key, value = merge
+        if isinstance(value, MappingNode):
+            return [value]
+        if isinstance(value, SequenceNode) and all(
+            isinstance(item, MappingNode) for item in value.value
+        ):
+            return list(value.value)
+        self.problem(
+            key,
+            path,
+            "'<<' (merge) needs a mapping or a list of mappings, e.g. '<<: *defaults' "
+            "or '<<: [*a, *b]'",
+        )
+        return []
+
+    def _mapping(self, node: MappingNode, path: Path) -> dict[str | int, Any]:
+        result: dict[str | int, Any] = {}
+        for key, key_node, value_node in self._entries(node, path):
+            self.key_marks[(*path, key)] = _mark(key_node.start_mark)
+            result[key] = self.build(value_node, (*path, key))
+        return result

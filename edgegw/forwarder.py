@@ -1,0 +1,193 @@
+"""Outbox to broker: claim rows in seq order, publish with a bounded window, delete on PUBACK."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+
+from edgegw.backoff import Backoff
+from edgegw.errors import OutboxError, SinkError
+from edgegw.outbox import Outbox
+from edgegw.sinks.mqtt import MqttClient, MqttSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class ForwarderStatus:
+    broker_up: bool = False
+    published: int = 0  # acknowledged by the broker and deleted
+    refused: int = 0  # PUBACK with a reason code >= 0x80: kept and retried after reconnect
+    connects: int = 0
+    last_error: str | None = None
+    last_ack_latency: float = 0.0  # seconds from reading received to PUBACK
+
+
+class Forwarder:
+    """Sends every outbox row to the broker, at least once.
+
+    Contract: the outbox is the only queue. Nothing is handed to the MQTT client while it is
+    disconnected; after every (re)connect, sending starts again at the oldest unacknowledged
+    row with its original key and seq. A row is deleted only after its PUBACK.
+    """
+
+    def __init__(self, outbox: Outbox, settings: MqttSettings, *, qos: int, window: int) -> None:
+        self.outbox = outbox
+        self.settings = settings
+        self.qos = qos
+        self.window = window
+        self.status = ForwarderStatus()
+        self._in_flight: dict[int, float] = {}  # seq -> created
+        self._acked: list[int] = []
+        self._acked_pending: set[int] = set()  # acknowledged, delete not yet committed
+        self._wake = asyncio.Event()
+        self._acks_ready = asyncio.Event()
+        self._client: MqttClient | None = None
+        self._stopping = False
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Connect, pump, reconnect with backoff, until `stop` is set and in-flight drained."""
+        backoff = Backoff(initial=0.2, maximum=15.0)
+        deleter = asyncio.create_task(self._delete_acked_forever(), name="forwarder-deleter")
+        try:
+            while not stop.is_set():
+                client = MqttClient(self.settings, on_ack=self._on_ack)
+                try:
+                    await client.connect()
+                except SinkError as exc:
+                    self._set_down(str(exc))
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), backoff.next_delay())
+                    continue
+                backoff.reset()
+                self._client = client
+                self.status.broker_up = True
+                self.status.connects += 1
+                log.info("broker connected url=%s:%d", self.settings.host, self.settings.port)
+                reason = await self._pump(client, stop)
+                if reason is not None:
+                    self._set_down(reason)
+                self._client = None
+        finally:
+            deleter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await deleter
+            await self._flush_acks()
+
+    def _set_down(self, reason: str) -> None:
+        if self.status.broker_up or self.status.last_error != reason:
+            log.warning("broker down reason=%s", reason)
+        self.status.broker_up = False
+        self.status.last_error = reason
+
+    async def _pump(self, client: MqttClient, stop: asyncio.Event) -> str | None:
+        """Publish until the connection drops (returns the reason) or stop is set (None)."""
+        self._in_flight.clear()
+        cursor = 0
+        lost = asyncio.create_task(client.wait_disconnected(), name="mqtt-disconnect-watch")
+        stopped = asyncio.create_task(stop.wait(), name="forwarder-stop-watch")
+        try:
+            while not lost.done() and not stop.is_set():
+                self._wake.clear()
+                self.outbox.appended.clear()
+                room = self.window - len(self._in_flight)
+                sent = 0
+                if room > 0:
+                    rows = await self.outbox.claim(cursor, room)
+                    for row in rows:
+                        cursor = row.seq
+                        if row.seq in self._acked_pending or row.seq in self._in_flight:
+                            continue
+                        if not client.connected:
+                            break
+                        client.publish(
+                            row.topic,
+                            row.payload,
+                            qos=self.qos,
+                            token=row.seq,
+                            user_properties=(
+                                ("id", row.id),
+                                ("schema", row.schema),
+                                ("trace", row.trace),
+                            ),
+                        )
+                        self._in_flight[row.seq] = row.created
+                        sent += 1
+                    if rows and sent == 0 and len(rows) == room:
+                        continue  # all skipped: look further right away
+                    if sent:
+                        continue
+                waiters = [lost, stopped, asyncio.ensure_future(self._wake.wait())]
+                if room > 0:
+                    waiters.append(asyncio.ensure_future(self.outbox.appended.wait()))
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                for waiter in waiters[2:]:
+                    waiter.cancel()
+            if lost.done():
+                return lost.result()
+            await self._drain_in_flight(client, lost)
+            await client.close()
+            return None
+        finally:
+            stopped.cancel()
+            if not lost.done():
+                lost.cancel()
+            self._in_flight.clear()
+
+    async def _drain_in_flight(self, client: MqttClient, lost: asyncio.Task[str]) -> None:
+        """On shutdown: wait a bounded time for PUBACKs of what is already sent."""
+        deadline = time.monotonic() + self.settings.connect_timeout
+        while self._in_flight and not lost.done() and time.monotonic() < deadline:
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), deadline - time.monotonic())
+        if self._in_flight:
+            log.warning(
+                "shutdown with unacknowledged publishes count=%d; they stay in the outbox",
+                len(self._in_flight),
+            )
+
+    def _on_ack(self, token: int, reason_code: int) -> None:
+        created = self._in_flight.pop(token, None)
+        if created is None:
+            return
+        if reason_code >= 0x80:
+            self.status.refused += 1
+            log.error(
+                "broker refused a publish; the event stays in the outbox seq=%d reason_code=0x%02X",
+                token,
+                reason_code,
+            )
+        else:
+            self._acked.append(token)
+            self._acked_pending.add(token)
+            self.status.last_ack_latency = time.time() - created
+            self._acks_ready.set()
+        self._wake.set()
+
+    async def _delete_acked_forever(self) -> None:
+        while True:
+            await self._acks_ready.wait()
+            self._acks_ready.clear()
+            try:
+                await self._flush_acks()
+            except OutboxError as exc:
+                # The rows stay; they will be sent again, which a deduplicating consumer absorbs.
+                log.error("cannot delete acknowledged events; retrying error=%s", exc)
+                await asyncio.sleep(1.0)
+                self._acks_ready.set()
+
+    async def _flush_acks(self) -> None:
+        if not self._acked:
+            return
+        batch, self._acked = self._acked, []
+        try:
+            await self.outbox.delete_acknowledged(batch)
+        except OutboxError:
+            self._acked[:0] = batch
+            raise
+        self.status.published += len(batch)
+        self._acked_pending.difference_update(batch)

@@ -1,0 +1,369 @@
+"""The SQLite outbox: every accepted event lives here until the broker acknowledged it.
+
+Contract:
+- `append()` returns only once its rows are committed; only then is an event accepted.
+- `seq` is assigned at commit, per gateway, gap-free and never reused: the highest seq ever
+  assigned survives in the `meta` table even when the outbox is empty.
+- A key (`id`) is stored once: a second row with the same key is refused (not renumbered).
+- Rows leave only through `delete_acknowledged()` (after PUBACK) or retention, which is
+  counted and logged at ERROR because it is data loss.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiosqlite
+import orjson
+
+from edgegw.errors import OutboxError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    seq     INTEGER PRIMARY KEY,      -- per-gateway sequence, assigned at commit
+    id      TEXT NOT NULL UNIQUE,     -- idempotency key
+    schema  TEXT NOT NULL,            -- edgegw.telemetry/1, ...
+    topic   TEXT NOT NULL,
+    payload BLOB NOT NULL,            -- the JSON message, seq included
+    trace   TEXT NOT NULL,
+    created REAL NOT NULL             -- wall clock when the gateway received the value
+);
+CREATE TABLE IF NOT EXISTS meta (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO meta(name, value) VALUES ('last_seq', 0), ('dropped', 0);
+"""
+_INSERT = (
+    "INSERT INTO outbox(seq, id, schema, topic, payload, trace, created) VALUES (?,?,?,?,?,?,?)"
+)
+_BUMP_LAST_SEQ = "UPDATE meta SET value = max(value, ?) WHERE name = 'last_seq'"
+
+
+@dataclass(slots=True)
+class PendingEvent:
+    """An event on its way into the outbox; `payload` gets its `seq` at commit."""
+
+    id: str
+    schema: str
+    topic: str
+    payload: dict[str, Any]
+    trace: str
+    created: float
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    seq: int
+    id: str
+    schema: str
+    topic: str
+    payload: bytes
+    trace: str
+    created: float
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStats:
+    path: str
+    depth: int
+    first_seq: int | None
+    last_seq: int
+    oldest_created: float | None
+    dropped: int
+    file_bytes: int
+
+    def as_dict(self) -> dict[str, Any]:
+        oldest_age = (
+            None if self.oldest_created is None else max(0.0, time.time() - self.oldest_created)
+        )
+        return {
+            "path": self.path,
+            "depth": self.depth,
+            "first_seq": self.first_seq,
+            "last_seq": self.last_seq,
+            "oldest_age_seconds": oldest_age,
+            "dropped": self.dropped,
+            "file_bytes": self.file_bytes,
+        }
+
+
+class Outbox:
+    """One SQLite file in WAL mode, written by one connection whose calls are serialised."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        synchronous: str = "full",
+        max_rows: int = 10_000_000,
+        max_age: float = 7 * 86400.0,
+    ) -> None:
+        self.path = path
+        self.synchronous = synchronous
+        self.max_rows = max_rows
+        self.max_age = max_age
+        self.depth = 0
+        self.dropped = 0
+        self.duplicates = 0
+        self._next_seq = 1
+        self._db: aiosqlite.Connection | None = None
+        # One connection, and SQLite transactions must not interleave across awaits.
+        self._lock = asyncio.Lock()
+        self.appended = asyncio.Event()
+
+    async def open(self) -> None:
+        _prepare_directory(self.path)
+        try:
+            db = await aiosqlite.connect(self.path)
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
+            rows = await _fetch(db, "PRAGMA quick_check")
+            verdict = [row[0] for row in rows]
+            if verdict != ["ok"]:
+                await db.close()
+                raise OutboxError(f"outbox {self.path} is damaged: {'; '.join(verdict[:3])}")
+            version = (await _fetch(db, "PRAGMA user_version"))[0][0]
+            if version > SCHEMA_VERSION:
+                await db.close()
+                raise OutboxError(
+                    f"outbox {self.path} has schema version {version}, newer than this edgegw "
+                    f"understands ({SCHEMA_VERSION}); upgrade edgegw or move the file aside"
+                )
+            await db.executescript(_SCHEMA)
+            await db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            await db.commit()
+            (last_meta,) = (await _fetch(db, "SELECT value FROM meta WHERE name='last_seq'"))[0]
+            (dropped,) = (await _fetch(db, "SELECT value FROM meta WHERE name='dropped'"))[0]
+            max_seq, depth = (await _fetch(db, "SELECT max(seq), count(*) FROM outbox"))[0]
+        except sqlite3.DatabaseError as exc:
+            raise OutboxError(f"cannot open outbox {self.path}: {exc}") from exc
+        self._db = db
+        self._next_seq = max(int(last_meta), int(max_seq or 0)) + 1
+        self.depth = int(depth)
+        self.dropped = int(dropped)
+        log.info(
+            "outbox open path=%s depth=%d next_seq=%d synchronous=%s",
+            self.path,
+            self.depth,
+            self._next_seq,
+            self.synchronous,
+        )
+
+    async def close(self) -> None:
+        if self._db is not None:
+            async with self._lock:
+                await self._db.close()
+                self._db = None
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise OutboxError("outbox is not open")
+        return self._db
+
+    @property
+    def last_seq(self) -> int:
+        return self._next_seq - 1
+
+    async def append(self, events: Sequence[PendingEvent]) -> int:
+        """Commit events in one transaction; returns how many were new (not duplicate keys)."""
+        if not events:
+            return 0
+        unique: dict[str, PendingEvent] = {}
+        for event in events:
+            unique.setdefault(event.id, event)
+        self.duplicates += len(events) - len(unique)
+        async with self._lock:
+            batch = list(unique.values())
+            try:
+                rows = self._number(batch)
+                await self.db.executemany(_INSERT, rows)
+                await self.db.commit()
+            except sqlite3.IntegrityError:
+                # A key already in the outbox: drop those and number the rest again, so that
+                # seq stays gap-free. Rare (a source repeating a timestamp), hence the slow path.
+                await self.db.rollback()
+                fresh = await self._without_stored_keys(batch)
+                self.duplicates += len(batch) - len(fresh)
+                batch = fresh
+                rows = self._number(batch)
+                try:
+                    await self.db.executemany(_INSERT, rows)
+                    await self.db.commit()
+                except sqlite3.DatabaseError as exc:
+                    await self._rollback_quietly()
+                    raise OutboxError(f"outbox write failed: {exc}") from exc
+            except sqlite3.DatabaseError as exc:
+                await self._rollback_quietly()
+                raise OutboxError(f"outbox write failed: {exc}") from exc
+            self._next_seq += len(batch)
+            self.depth += len(batch)
+            if self.depth > self.max_rows:
+                await self._drop_oldest(self.depth - self.max_rows, "max_rows")
+        self.appended.set()
+        return len(batch)
+
+    def _number(self, batch: list[PendingEvent]) -> list[tuple[Any, ...]]:
+        seq = self._next_seq
+        dumps = orjson.dumps
+        rows = []
+        for event in batch:
+            event.payload["seq"] = seq
+            rows.append(
+                (
+                    seq,
+                    event.id,
+                    event.schema,
+                    event.topic,
+                    dumps(event.payload),
+                    event.trace,
+                    event.created,
+                )
+            )
+            seq += 1
+        return rows
+
+    async def _without_stored_keys(self, batch: list[PendingEvent]) -> list[PendingEvent]:
+        stored: set[str] = set()
+        ids = [event.id for event in batch]
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = await _fetch(self.db, f"SELECT id FROM outbox WHERE id IN ({marks})", chunk)
+            stored.update(row[0] for row in rows)
+        return [event for event in batch if event.id not in stored]
+
+    async def _rollback_quietly(self) -> None:
+        try:
+            await self.db.rollback()
+        except sqlite3.DatabaseError:
+            log.exception("outbox rollback failed path=%s", self.path)
+
+    async def claim(self, after_seq: int, limit: int) -> list[StoredEvent]:
+        """The next rows in seq order after `after_seq`; they stay until acknowledged."""
+        async with self._lock:
+            rows = await _fetch(
+                self.db,
+                "SELECT seq, id, schema, topic, payload, trace, created FROM outbox "
+                "WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after_seq, limit),
+            )
+        return [StoredEvent(*row) for row in rows]
+
+    async def delete_acknowledged(self, seqs: Iterable[int]) -> int:
+        """Delete rows the broker acknowledged."""
+        params = [(seq,) for seq in seqs]
+        if not params:
+            return 0
+        async with self._lock:
+            try:
+                cursor = await self.db.executemany("DELETE FROM outbox WHERE seq = ?", params)
+                deleted = cursor.rowcount
+                # Deleting the newest row must not let numbering restart below it.
+                await self.db.execute(_BUMP_LAST_SEQ, (max(params)[0],))
+                await self.db.commit()
+            except sqlite3.DatabaseError as exc:
+                await self._rollback_quietly()
+                raise OutboxError(f"outbox delete failed: {exc}") from exc
+        self.depth -= deleted
+        return deleted
+
+    async def expire(self, now: float | None = None) -> int:
+        """Drop rows older than max_age (retention); returns how many were dropped."""
+        cutoff = (time.time() if now is None else now) - self.max_age
+        dropped = 0
+        async with self._lock:
+            while True:
+                rows = await _fetch(
+                    self.db, "SELECT seq, created FROM outbox ORDER BY seq LIMIT 1000"
+                )
+                expired = [seq for seq, created in rows if created < cutoff]
+                if not expired:
+                    break
+                dropped += await self._delete_range(min(expired), max(expired), "max_age")
+                if len(expired) < len(rows):
+                    break
+        return dropped
+
+    async def _drop_oldest(self, count: int, why: str) -> None:
+        rows = await _fetch(
+            self.db,
+            "SELECT min(seq), max(seq) FROM (SELECT seq FROM outbox ORDER BY seq LIMIT ?)",
+            (count,),
+        )
+        first, last = rows[0]
+        if first is not None:
+            await self._delete_range(first, last, why)
+
+    async def _delete_range(self, first: int, last: int, why: str) -> int:
+        """Retention: the caller holds the lock. Counted and logged: this is data loss."""
+        cursor = await self.db.execute(
+            "DELETE FROM outbox WHERE seq BETWEEN ? AND ?", (first, last)
+        )
+        count = cursor.rowcount
+        await self.db.execute(_BUMP_LAST_SEQ, (last,))
+        await self.db.execute("UPDATE meta SET value = value + ? WHERE name = 'dropped'", (count,))
+        await self.db.commit()
+        self.depth -= count
+        self.dropped += count
+        log.error(
+            "outbox retention dropped events count=%d first_seq=%d last_seq=%d reason=%s",
+            count,
+            first,
+            last,
+            why,
+        )
+        return count
+
+
+def _prepare_directory(path: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as exc:
+        raise OutboxError(f"cannot create the state directory {directory}: {exc.strerror}") from exc
+    if not os.access(directory, os.W_OK):
+        raise OutboxError(f"the state directory {directory} is not writable by this user")
+
+
+async def _fetch(db: aiosqlite.Connection, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+    return list(await db.execute_fetchall(sql, params))
+
+
+def read_stats(path: str) -> OutboxStats:
+    """Stats of an outbox file, read-only, safe while the daemon runs (WAL readers don't block)."""
+    if not os.path.exists(path):
+        raise OutboxError(f"no outbox at {path} (has the gateway run with this config?)")
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            depth, first, max_seq, oldest = db.execute(
+                "SELECT count(*), min(seq), max(seq), "
+                "(SELECT created FROM outbox ORDER BY seq LIMIT 1) FROM outbox"
+            ).fetchone()
+            meta = dict(db.execute("SELECT name, value FROM meta").fetchall())
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as exc:
+        raise OutboxError(f"cannot read outbox {path}: {exc}") from exc
+    size = sum(os.path.getsize(p) for p in (path, path + "-wal") if os.path.exists(p))
+    return OutboxStats(
+        path=path,
+        depth=int(depth),
+        first_seq=first,
+        last_seq=max(int(meta.get("last_seq", 0)), int(max_seq or 0)),
+        oldest_created=oldest,
+        dropped=int(meta.get("dropped", 0)),
+        file_bytes=size,
+    )

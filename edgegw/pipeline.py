@@ -1,0 +1,131 @@
+"""Readings to telemetry events: report-by-exception, heartbeat, envelope, key and trace."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from edgegw.config.model import GatewayConfig
+from edgegw.keys import telemetry_key
+from edgegw.outbox import PendingEvent
+from edgegw.reading import Reading, Value
+from edgegw.sources.modbus.config import parse_deadband
+
+TELEMETRY_SCHEMA = "edgegw.telemetry/1"
+
+
+def iso_utc(ts: float) -> str:
+    """'2026-11-29T05:37:14.123Z' (milliseconds, UTC)."""
+    seconds = int(ts)
+    millis = int((ts - seconds) * 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+
+
+@dataclass(slots=True)
+class _TagState:
+    topic: str
+    unit: str | None
+    deadband: float | None
+    deadband_percent: bool
+    heartbeat: float | None
+    published: bool = False
+    value: Value = None
+    quality: str = ""
+    reason: str | None = None
+    published_at: float = 0.0  # monotonic
+
+
+class TelemetryBuilder:
+    """Decides which readings become telemetry and builds their envelopes.
+
+    A tag is published when it is first seen, when its quality or bad-reason changes, when its
+    value moves beyond the deadband (any change without one), and again after `heartbeat`
+    without a publish. The decision uses the monotonic clock, so a clock step cannot stop it.
+    """
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.gateway = config.gateway.id
+        self._tags: dict[tuple[str, str], _TagState] = {}
+        fields = config.topic_fields()
+        for source in config.sources:
+            for tag in source.tags:
+                size, percent = (None, False)
+                if tag.deadband is not None:
+                    size, percent = parse_deadband(tag.deadband)
+                topic = config.mqtt.topic.format(**fields, source=source.name, tag=tag.name)
+                self._tags[(source.name, tag.name)] = _TagState(
+                    topic=topic,
+                    unit=tag.unit,
+                    deadband=size,
+                    deadband_percent=percent,
+                    heartbeat=tag.heartbeat if tag.heartbeat is not None else source.heartbeat,
+                )
+        self.suppressed = 0  # readings not published: unchanged within deadband
+
+    def build(self, readings: list[Reading]) -> list[PendingEvent]:
+        events: list[PendingEvent] = []
+        now = time.monotonic()
+        last_ts = -1.0
+        ts_text = ""
+        for reading in readings:
+            state = self._tags.get((reading.source, reading.tag))
+            if state is None:
+                continue
+            value, quality, reason = reading.value, reading.quality, reading.reason
+            if quality == "good" and isinstance(value, float) and not math.isfinite(value):
+                # A non-finite number is never published as a good value.
+                value, quality, reason = None, "bad", f"value is {value}"
+            if not self._changed(state, value, quality, reason, now):
+                self.suppressed += 1
+                continue
+            state.published = True
+            state.value, state.quality, state.reason = value, quality, reason
+            state.published_at = now
+            if reading.source_ts != last_ts:
+                last_ts = reading.source_ts
+                ts_text = iso_utc(last_ts)
+            trace = os.urandom(8).hex()
+            key = telemetry_key(self.gateway, reading.source, reading.tag, reading.source_ts)
+            payload: dict[str, Any] = {
+                "schema": TELEMETRY_SCHEMA,
+                "id": key,
+                "gateway": self.gateway,
+                "source": reading.source,
+                "tag": reading.tag,
+                "value": value,
+                "unit": state.unit,
+                "quality": quality,
+                "ts": ts_text,
+                "gw_ts": iso_utc(reading.received_ts),
+                "seq": 0,  # assigned by the outbox at commit
+                "trace": trace,
+            }
+            if reason is not None:
+                payload["reason"] = reason
+            events.append(
+                PendingEvent(
+                    key, TELEMETRY_SCHEMA, state.topic, payload, trace, reading.received_ts
+                )
+            )
+        return events
+
+    @staticmethod
+    def _changed(
+        state: _TagState, value: Value, quality: str, reason: str | None, now: float
+    ) -> bool:
+        if not state.published or quality != state.quality or reason != state.reason:
+            return True
+        if state.heartbeat is not None and now - state.published_at >= state.heartbeat:
+            return True
+        last = state.value
+        if value == last and type(value) is type(last):
+            return False
+        if state.deadband is None or isinstance(value, bool) or isinstance(last, bool):
+            return True
+        if not isinstance(value, int | float) or not isinstance(last, int | float):
+            return True
+        band = abs(last) * state.deadband / 100.0 if state.deadband_percent else state.deadband
+        return abs(value - last) > band

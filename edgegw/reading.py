@@ -1,0 +1,27 @@
+"""What a source hands to the pipeline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Quality = Literal["good", "uncertain", "bad"]
+Value = bool | int | float | str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One value of one tag, as read.
+
+    `source_ts` is when the device says the value was true (wall clock, seconds since the
+    epoch), or when it was read for protocols without timestamps; `received_ts` is when the
+    gateway had it. A `bad` reading carries `value=None` and a `reason` in words.
+    """
+
+    source: str
+    tag: str
+    value: Value
+    quality: Quality
+    source_ts: float
+    received_ts: float
+    reason: str | None = None

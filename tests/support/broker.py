@@ -1,0 +1,186 @@
+"""A throwaway Mosquitto broker for tests: one process, one loopback port, no persistence.
+
+`start()` picks a free port the first time and keeps it, so `stop()` then `start()` simulates a
+broker outage and its return on the same address (what a gateway sees when the broker restarts).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+_FALLBACK_BINARY = "/usr/sbin/mosquitto"
+_READY_TIMEOUT = 10.0  # seconds for the broker to accept connections
+_POLL = 0.02  # seconds between readiness probes
+
+
+def find_mosquitto() -> str:
+    """Path of the mosquitto binary, or a RuntimeError that says how to install it."""
+    found = shutil.which("mosquitto")
+    if found:
+        return found
+    if os.access(_FALLBACK_BINARY, os.X_OK):
+        return _FALLBACK_BINARY
+    raise RuntimeError(
+        "mosquitto not found on PATH nor at /usr/sbin/mosquitto; the integration tests need a "
+        "real broker: install it with `apt-get install mosquitto` (Debian/Ubuntu) or "
+        "`brew install mosquitto` (macOS). It does not need to run as a service."
+    )
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+class Mosquitto:
+    """A Mosquitto process on 127.0.0.1, started and stopped by the test."""
+
+    def __init__(self, *, allow_anonymous: bool = True, extra_config: str = "") -> None:
+        self._binary = find_mosquitto()
+        self._dir = Path(tempfile.mkdtemp(prefix="edgegw-mosquitto-"))
+        self._allow_anonymous = allow_anonymous
+        self._extra_config = extra_config
+        self._port: int | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_path = self._dir / "mosquitto.log"
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError("broker was never started: no port yet")
+        return self._port
+
+    @property
+    def host(self) -> str:
+        return "127.0.0.1"
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def log(self) -> str:
+        """The broker's output so far (for assertion messages)."""
+        try:
+            return self._log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def start(self) -> None:
+        """Start the broker (on the same port as before if it ran already); return once it
+        accepts TCP connections."""
+        if self.running:
+            return
+        if self._port is not None:
+            self._launch(self._port)
+            return
+        # First start: a free port can be taken between the probe and mosquitto's bind; retry.
+        last_error: Exception | None = None
+        for _ in range(5):
+            port = _free_port()
+            try:
+                self._launch(port)
+            except RuntimeError as exc:
+                last_error = exc
+                continue
+            self._port = port
+            return
+        raise RuntimeError(f"mosquitto did not start on any free port: {last_error}")
+
+    def _launch(self, port: int) -> None:
+        config = self._dir / "mosquitto.conf"
+        config.write_text(
+            f"listener {port} 127.0.0.1\n"
+            f"allow_anonymous {'true' if self._allow_anonymous else 'false'}\n"
+            "persistence false\n"
+            # Tests publish thousands of QoS 1 messages to one subscriber: never drop them.
+            "max_queued_messages 0\n"
+            f"{self._extra_config}\n"
+        )
+        log = self._log_path.open("ab")
+        try:
+            self._proc = subprocess.Popen(
+                [self._binary, "-c", str(config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        finally:
+            log.close()
+        deadline = time.monotonic() + _READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                self._proc = None
+                raise RuntimeError(
+                    f"mosquitto exited at start on port {port}; its output:\n{self.log()}"
+                )
+            if _accepts(port):
+                return
+            time.sleep(_POLL)
+        self.stop()
+        raise RuntimeError(
+            f"mosquitto did not accept connections on port {port} within {_READY_TIMEOUT} s; "
+            f"its output:\n{self.log()}"
+        )
+
+    def pause(self) -> None:
+        """SIGSTOP the broker: its sockets stay open but nothing answers (a hung broker)."""
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after `pause()`."""
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        """Terminate the broker (SIGTERM, then SIGKILL after 5 s) and wait for it."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)  # a paused broker would not act on SIGTERM
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+
+    def kill(self) -> None:
+        """SIGKILL the broker: no DISCONNECT, no clean socket shutdown by the broker."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=5)
+
+    def cleanup(self) -> None:
+        """Stop the broker and remove its temporary directory."""
+        self.stop()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> Mosquitto:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()

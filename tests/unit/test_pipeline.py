@@ -1,0 +1,147 @@
+"""Readings to telemetry: report-by-exception, heartbeat, bad values, envelope and schema."""
+
+from __future__ import annotations
+
+import json
+import math
+from importlib import resources
+from typing import Any
+
+import jsonschema
+import pytest
+
+from edgegw.config.diagnostics import validate_document
+from edgegw.config.model import GatewayConfig
+from edgegw.config.yamlpos import load_yaml_text
+from edgegw.keys import telemetry_key
+from edgegw.pipeline import TelemetryBuilder, iso_utc
+from edgegw.reading import Reading
+
+CONFIG = """
+gateway: {id: gw1, site: s1, area: a1, line: l1, state_dir: /tmp/x}
+sources:
+  - name: press
+    protocol: modbus
+    url: tcp://127.0.0.1:5020
+    tags:
+      - {name: temp, address: "holding:0", type: int16, unit: degC, deadband: 2}
+      - {name: flow, address: "holding:1", type: int16, deadband: "10%"}
+      - {name: count, address: "holding:2", type: uint16}
+      - {name: beat, address: "holding:3", type: uint16, heartbeat: 1ms}
+"""
+
+
+def builder() -> TelemetryBuilder:
+    return TelemetryBuilder(validate_document(GatewayConfig, load_yaml_text(CONFIG)))
+
+
+def reading(
+    tag: str,
+    value: Any,
+    ts: float = 1_700_000_000.25,
+    quality: str = "good",
+    reason: str | None = None,
+) -> Reading:
+    return Reading("press", tag, value, quality, ts, ts + 0.002, reason)  # type: ignore[arg-type]
+
+
+def values(events: list[Any]) -> list[Any]:
+    return [e.payload["value"] for e in events]
+
+
+def test_absolute_deadband() -> None:
+    b = builder()
+    published = [
+        values(b.build([reading("temp", v, ts=i)])) for i, v in enumerate([20, 21, 22, 23, 19, 19])
+    ]
+    assert published == [[20], [], [], [23], [19], []]
+
+
+def test_percent_deadband() -> None:
+    b = builder()
+    published = [
+        values(b.build([reading("flow", v, ts=i)])) for i, v in enumerate([100, 109, 111, 122, 125])
+    ]
+    assert published == [[100], [], [111], [], [125]]
+
+
+def test_any_change_without_deadband_and_quality_changes() -> None:
+    b = builder()
+    seq = [reading("count", 1, ts=1), reading("count", 1, ts=2), reading("count", 2, ts=3)]
+    assert [values(b.build([r])) for r in seq] == [[1], [], [2]]
+    bad = b.build([reading("count", None, ts=4, quality="bad", reason="no reply within 1s")])
+    assert bad[0].payload["quality"] == "bad"
+    assert bad[0].payload["reason"] == "no reply within 1s"
+    assert b.build([reading("count", None, ts=5, quality="bad", reason="no reply within 1s")]) == []
+    # A different reason is news; recovery to the same value is news too.
+    assert (
+        len(b.build([reading("count", None, ts=6, quality="bad", reason="modbus exception 4")]))
+        == 1
+    )
+    assert values(b.build([reading("count", 2, ts=7)])) == [2]
+
+
+def test_heartbeat_republishes_unchanged_values() -> None:
+    b = builder()
+    assert values(b.build([reading("beat", 5, ts=1)])) == [5]
+    import time
+
+    deadline = time.monotonic() + 0.002
+    while time.monotonic() < deadline:
+        pass
+    assert values(b.build([reading("beat", 5, ts=2)])) == [5]
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_values_are_never_good(bad: float) -> None:
+    (event,) = builder().build([reading("temp", bad)])
+    assert event.payload["quality"] == "bad"
+    assert event.payload["value"] is None
+    assert "value is" in event.payload["reason"]
+
+
+def test_envelope_matches_the_shipped_schema_and_design() -> None:
+    (event,) = builder().build([reading("temp", 72)])
+    payload = dict(event.payload, seq=1)
+    schema = json.loads(resources.files("edgegw").joinpath("schemas/telemetry-1.json").read_text())
+    jsonschema.validate(payload, schema)
+    assert list(payload) == [
+        "schema",
+        "id",
+        "gateway",
+        "source",
+        "tag",
+        "value",
+        "unit",
+        "quality",
+        "ts",
+        "gw_ts",
+        "seq",
+        "trace",
+    ]
+    assert payload["ts"] == "2023-11-14T22:13:20.250Z"
+    assert payload["gw_ts"] == "2023-11-14T22:13:20.252Z"
+    assert event.topic == "s1/a1/l1/press/temp"
+    assert event.id == payload["id"] == telemetry_key("gw1", "press", "temp", 1_700_000_000.25)
+    bad = builder().build([reading("temp", None, quality="bad", reason="x")])[0].payload
+    jsonschema.validate(dict(bad, seq=2), schema)
+
+
+def test_keys_are_deterministic_and_distinct() -> None:
+    a = telemetry_key("gw1", "press", "temp", 1.000001)
+    assert a == telemetry_key("gw1", "press", "temp", 1.000001)
+    assert (
+        len(
+            {
+                a,
+                telemetry_key("gw2", "press", "temp", 1.000001),
+                telemetry_key("gw1", "press", "temp", 1.000002),
+                telemetry_key("gw1", "press", "flow", 1.000001),
+            }
+        )
+        == 4
+    )
+
+
+def test_iso_utc_milliseconds() -> None:
+    assert iso_utc(0.999) == "1970-01-01T00:00:00.999Z"
