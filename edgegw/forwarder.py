@@ -56,7 +56,8 @@ class Forwarder:
             while not stop.is_set():
                 client = MqttClient(self.settings, on_ack=self._on_ack)
                 try:
-                    await client.connect()
+                    if not await self._connect_unless_stopped(client, stop):
+                        break
                 except SinkError as exc:
                     self._set_down(str(exc))
                     with contextlib.suppress(TimeoutError):
@@ -76,6 +77,22 @@ class Forwarder:
             with contextlib.suppress(asyncio.CancelledError):
                 await deleter
             await self._flush_acks()
+
+    @staticmethod
+    async def _connect_unless_stopped(client: MqttClient, stop: asyncio.Event) -> bool:
+        """Connect; False when stop came first (a shutdown must not wait for a dead broker)."""
+        connecting = asyncio.create_task(client.connect(), name="mqtt-connect")
+        stopped = asyncio.create_task(stop.wait(), name="forwarder-stop-watch")
+        await asyncio.wait((connecting, stopped), return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if connecting.done():
+            connecting.result()
+            return True
+        connecting.cancel()
+        with contextlib.suppress(asyncio.CancelledError, SinkError):
+            await connecting
+        await client.close()
+        return False
 
     def _set_down(self, reason: str) -> None:
         if self.status.broker_up or self.status.last_error != reason:

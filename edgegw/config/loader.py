@@ -31,6 +31,7 @@ def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
         issues.sort(key=lambda issue: _position(doc.path, issue))
         raise ConfigError(with_summary(issues)) from None
     if duplicates:
+        duplicates.sort(key=lambda issue: _position(doc.path, issue))
         raise ConfigError(with_summary(duplicates))
     return config
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -100,6 +101,8 @@ async def embedded_broker(port: int) -> AsyncIterator[str]:
             },
         }
     )
+    for noisy in ("amqtt", "transitions"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     await broker.start()
     try:
         yield "embedded amqtt broker"
@@ -107,11 +110,17 @@ async def embedded_broker(port: int) -> AsyncIterator[str]:
         await broker.shutdown()
 
 
-def _broker(kind: str, port: int, workdir: str) -> contextlib.AbstractAsyncContextManager[str]:
+def _broker_kind(kind: str) -> str:
     has_mosquitto = shutil.which("mosquitto") is not None or os.path.exists("/usr/sbin/mosquitto")
-    if kind == "mosquitto" or (kind == "auto" and has_mosquitto):
-        if not has_mosquitto:
-            raise EdgeGwError("mosquitto is not installed (apt-get install mosquitto)")
+    if kind == "mosquitto" and not has_mosquitto:
+        raise EdgeGwError("mosquitto is not installed (apt-get install mosquitto)")
+    if kind == "auto":
+        return "mosquitto" if has_mosquitto else "embedded"
+    return kind
+
+
+def _broker(kind: str, port: int, workdir: str) -> contextlib.AbstractAsyncContextManager[str]:
+    if _broker_kind(kind) == "mosquitto":
         return mosquitto(port, workdir)
     return embedded_broker(port)
 
@@ -157,6 +166,8 @@ async def _demo(duration: float | None, broker_kind: str, state_dir: str | None)
         doc.data["mqtt"]["url"] = f"mqtt://127.0.0.1:{mqtt_port}"
         doc.data["sources"][0]["url"] = f"tcp://127.0.0.1:{modbus_port}"
         doc.data["gateway"]["state_dir"] = state_dir or os.path.join(workdir, "state")
+        if _broker_kind(broker_kind) == "embedded":
+            doc.data["mqtt"]["version"] = "3.1.1"  # amqtt speaks MQTT 3.1.1 only
         config = validate_document(GatewayConfig, doc)
         plc = ModbusPlc(host="127.0.0.1", port=modbus_port, unit=1)
         await plc.start()

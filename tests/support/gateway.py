@@ -1,0 +1,111 @@
+"""Helpers to build a gateway config for tests and to run `edgegw run` as a process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+
+from edgegw.config.diagnostics import validate_document
+from edgegw.config.model import GatewayConfig
+from edgegw.config.yamlpos import load_yaml_text
+
+
+def config_dict(
+    state_dir: Path, mqtt_port: int, modbus_port: int, tags: list[dict[str, Any]], **source: Any
+) -> dict[str, Any]:
+    return {
+        "gateway": {
+            "id": "test-gw",
+            "site": "s",
+            "area": "a",
+            "line": "l",
+            "state_dir": str(state_dir),
+        },
+        "mqtt": {
+            "url": f"mqtt://127.0.0.1:{mqtt_port}",
+            "qos": 1,
+            "keepalive": "2s",
+            "connect_timeout": "2s",
+        },
+        "sources": [
+            {
+                "name": "plc",
+                "protocol": "modbus",
+                "url": f"tcp://127.0.0.1:{modbus_port}",
+                "poll": "100ms",
+                "timeout": "500ms",
+                "tags": tags,
+                **source,
+            }
+        ],
+    }
+
+
+def bench_tags(count: int) -> list[dict[str, Any]]:
+    """Tags on the simulator's bench registers, which change at every read."""
+    return [
+        {"name": f"r{i}", "address": f"holding:{1000 + i}", "type": "uint16"} for i in range(count)
+    ]
+
+
+def build_config(data: dict[str, Any]) -> GatewayConfig:
+    return validate_document(GatewayConfig, load_yaml_text(yaml.safe_dump(data)))
+
+
+def write_config(path: Path, data: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+class GatewayProcess:
+    """`edgegw run -c FILE` as a child process, as systemd would run it."""
+
+    def __init__(self, config_path: Path) -> None:
+        self.config_path = config_path
+        self.process: asyncio.subprocess.Process | None = None
+        self.stderr_path = config_path.with_suffix(f".{os.getpid()}.stderr")
+
+    async def start(self) -> GatewayProcess:
+        self._stderr = self._open_log()
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "edgegw",
+            "--log-format",
+            "json",
+            "run",
+            "-c",
+            str(self.config_path),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=self._stderr,
+        )
+        return self
+
+    def _open_log(self) -> Any:
+        return open(self.stderr_path, "ab")
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    async def wait(self, timeout: float) -> int:  # noqa: ASYNC109
+        assert self.process is not None
+        try:
+            return await asyncio.wait_for(self.process.wait(), timeout)
+        finally:
+            self._stderr.close()
+
+    async def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+        await self.wait(10)
+
+    def log(self) -> list[dict[str, Any]]:
+        lines = self.stderr_path.read_bytes().splitlines() if self.stderr_path.exists() else []
+        return [orjson.loads(line) for line in lines if line.startswith(b"{")]
