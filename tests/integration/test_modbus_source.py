@@ -594,11 +594,6 @@ async def test_nan_and_inf_are_bad_readings(plc: ModbusPlc) -> None:
     assert_bad(bad, "not a finite number")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: decode.shortest_float32 tries 6, 7 and 8 digits only; "
-    "a float32 may need 9 to round-trip, and then the widened double is returned",
-)
 async def test_float32_needing_nine_digits_is_the_shortest_decimal(plc: ModbusPlc) -> None:
     plc.set_holding(150, [0xC2CE, 0x6F44])  # the float32 nearest to -103.217316
     tags = [{"name": "x", "address": "holding:150", "type": "float32"}]

@@ -105,7 +105,7 @@ def shortest_float32(number: float) -> float:
     display the value the PLC engineer typed.
     """
     packed = struct.pack(">f", number)
-    for digits in (6, 7, 8):
+    for digits in (6, 7, 8, 9):
         candidate = float(f"{number:.{digits}g}")
         if struct.pack(">f", candidate) == packed:
             return candidate
