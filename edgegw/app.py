@@ -42,6 +42,8 @@ class Gateway:
     """One running gateway. `run()` returns after a clean stop (see `request_stop`)."""
 
     def __init__(self, config: GatewayConfig, *, shutdown_grace: float = 10.0) -> None:
+        # shutdown_grace bounds each stage of the stop (commit, then in-flight publishes); the
+        # unit's TimeoutStopSec (30 s) stays above their sum.
         self.config = config
         self.shutdown_grace = shutdown_grace
         self.outbox = Outbox(
@@ -51,7 +53,11 @@ class Gateway:
             max_age=config.outbox.max_age,
         )
         self.forwarder = Forwarder(
-            self.outbox, mqtt_settings(config), qos=config.mqtt.qos, window=config.mqtt.inflight
+            self.outbox,
+            mqtt_settings(config),
+            qos=config.mqtt.qos,
+            window=config.mqtt.inflight,
+            drain_grace=shutdown_grace,
         )
         self.builder = TelemetryBuilder(config)
         self.sources: list[Source] = [build_source(source) for source in config.sources]
@@ -87,7 +93,15 @@ class Gateway:
                 for reader in readers:
                     reader.cancel()
                 await asyncio.gather(*readers, return_exceptions=True)
-                await self.intake.join()
+                try:
+                    await asyncio.wait_for(self.intake.join(), self.shutdown_grace)
+                except TimeoutError:
+                    log.error(
+                        "stopping without committing the last readings: the outbox did not "
+                        "accept them within %g s batches=%d",
+                        self.shutdown_grace,
+                        self.intake.qsize(),
+                    )
                 committer.cancel()
                 expirer.cancel()
                 forwarder_stop.set()

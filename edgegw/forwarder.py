@@ -34,11 +34,20 @@ class Forwarder:
     row with its original key and seq. A row is deleted only after its PUBACK.
     """
 
-    def __init__(self, outbox: Outbox, settings: MqttSettings, *, qos: int, window: int) -> None:
+    def __init__(
+        self,
+        outbox: Outbox,
+        settings: MqttSettings,
+        *,
+        qos: int,
+        window: int,
+        drain_grace: float = 5.0,
+    ) -> None:
         self.outbox = outbox
         self.settings = settings
         self.qos = qos
         self.window = window
+        self.drain_grace = drain_grace
         self.status = ForwarderStatus()
         self._in_flight: dict[int, float] = {}  # seq -> created
         self._acked: list[int] = []
@@ -104,13 +113,16 @@ class Forwarder:
         """Publish until the connection drops (returns the reason) or stop is set (None)."""
         self._in_flight.clear()
         cursor = 0
+        # MQTT 5 forbids more unacknowledged QoS 1 publishes than the broker's Receive Maximum;
+        # a strict broker disconnects a client that exceeds it (0x93).
+        window = min(self.window, client.receive_maximum)
         lost = asyncio.create_task(client.wait_disconnected(), name="mqtt-disconnect-watch")
         stopped = asyncio.create_task(stop.wait(), name="forwarder-stop-watch")
         try:
             while not lost.done() and not stop.is_set():
                 self._wake.clear()
                 self.outbox.appended.clear()
-                room = self.window - len(self._in_flight)
+                room = window - len(self._in_flight)
                 sent = 0
                 if room > 0:
                     rows = await self.outbox.claim(cursor, room)
@@ -156,7 +168,7 @@ class Forwarder:
 
     async def _drain_in_flight(self, client: MqttClient, lost: asyncio.Task[str]) -> None:
         """On shutdown: wait a bounded time for PUBACKs of what is already sent."""
-        deadline = time.monotonic() + self.settings.connect_timeout
+        deadline = time.monotonic() + self.drain_grace
         while self._in_flight and not lost.done() and time.monotonic() < deadline:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):

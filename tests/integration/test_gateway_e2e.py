@@ -69,6 +69,19 @@ def stored(outbox_path: str) -> list[dict[str, Any]]:
         ]
 
 
+async def delivered_and_stored(
+    subscriber: Subscriber, outbox_path: str
+) -> tuple[list[dict[str, Any]], int]:
+    """What the consumer received plus what still waits in the outbox, and the last seq."""
+    stats = read_stats(outbox_path)
+    left = stored(outbox_path)
+    sent = set(range(1, stats.last_seq + 1)) - {p["seq"] for p in left}
+    received = await subscriber.wait_for(
+        lambda m: {p["seq"] for p in telemetry(m)} >= sent, 10, what="every acknowledged seq"
+    )
+    return telemetry(received) + left, stats.last_seq
+
+
 def assert_complete(received: list[dict[str, Any]], last_seq: int) -> dict[int, str]:
     """Every seq 1..last_seq arrived, each always with the same id, and nothing else."""
     id_of_seq: dict[int, str] = {}
@@ -186,15 +199,9 @@ async def test_broker_unreachable_for_10s_loses_nothing(
     await asyncio.wait_for(task, 20)
     await proxy.stop()
 
-    stats = read_stats(config.outbox_path)
-    left = stored(config.outbox_path)
-    sent = set(range(1, stats.last_seq + 1)) - {p["seq"] for p in left}
-    received = await subscriber.wait_for(
-        lambda m: {p["seq"] for p in telemetry(m)} >= sent, 10, what="every acknowledged seq"
-    )
-    messages = telemetry(received) + left
-    assert_complete(messages, stats.last_seq)
-    assert assert_unbroken_runs(messages) == stats.last_seq
+    messages, last_seq = await delivered_and_stored(subscriber, config.outbox_path)
+    assert_complete(messages, last_seq)
+    assert assert_unbroken_runs(messages) == last_seq
 
 
 @pytest.mark.timeout(30)
@@ -214,14 +221,8 @@ async def test_sigterm_exits_0_promptly_and_keeps_the_backlog(
     assert any(m.startswith("gateway stopped") for m in messages), messages[-5:]
     # What was not acknowledged before the exit waits on disk: together with what arrived,
     # every seq is accounted for exactly once.
-    outbox_path = str(tmp_path / "outbox.sqlite3")
-    stats = read_stats(outbox_path)
-    left = stored(outbox_path)
-    sent = set(range(1, stats.last_seq + 1)) - {p["seq"] for p in left}
-    received = await subscriber.wait_for(
-        lambda m: {p["seq"] for p in telemetry(m)} >= sent, 10, what="every acknowledged seq"
-    )
-    assert_complete(telemetry(received) + left, stats.last_seq)
+    messages, last_seq = await delivered_and_stored(subscriber, str(tmp_path / "outbox.sqlite3"))
+    assert_complete(messages, last_seq)
 
 
 @pytest.mark.timeout(90)
