@@ -6,14 +6,17 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass
 
 from edgegw.backoff import Backoff
 from edgegw.errors import OutboxError, SinkError
-from edgegw.outbox import Outbox
+from edgegw.outbox import Outbox, StoredEvent
 from edgegw.sinks.mqtt import MqttClient, MqttSettings
 
 log = logging.getLogger(__name__)
+
+CLAIM_PAGE = 1000
 
 
 @dataclass(slots=True)
@@ -119,36 +122,24 @@ class Forwarder:
         lost = asyncio.create_task(client.wait_disconnected(), name="mqtt-disconnect-watch")
         stopped = asyncio.create_task(stop.wait(), name="forwarder-stop-watch")
         try:
+            # Rows are claimed in pages larger than the window: each claim waits for the
+            # outbox lock behind a commit group, so one claim per window starves forwarding
+            # when intake is busy (measured: 473 values/s forwarded at 23,000 commits/s).
+            ready: deque[StoredEvent] = deque()
             while not lost.done() and not stop.is_set():
                 self._wake.clear()
                 self.outbox.appended.clear()
                 room = window - len(self._in_flight)
-                sent = 0
-                if room > 0:
-                    rows = await self.outbox.claim(cursor, room)
-                    for row in rows:
-                        cursor = row.seq
-                        if row.seq in self._acked_pending or row.seq in self._in_flight:
-                            continue
-                        if not client.connected:
-                            break
-                        client.publish(
-                            row.topic,
-                            row.payload,
-                            qos=self.qos,
-                            token=row.seq,
-                            user_properties=(
-                                ("id", row.id),
-                                ("schema", row.schema),
-                                ("trace", row.trace),
-                            ),
-                        )
-                        self._in_flight[row.seq] = row.created
-                        sent += 1
-                    if rows and sent == 0 and len(rows) == room:
-                        continue  # all skipped: look further right away
-                    if sent:
+                if room > 0 and not ready:
+                    rows = await self.outbox.claim(cursor, max(CLAIM_PAGE, window))
+                    if rows:
+                        cursor = rows[-1].seq
+                        pending = self._acked_pending
+                        ready.extend(row for row in rows if row.seq not in pending)
                         continue
+                if room > 0 and ready and client.connected:
+                    self._publish(client, ready, room)
+                    continue
                 waiters = [lost, stopped, asyncio.ensure_future(self._wake.wait())]
                 if room > 0:
                     waiters.append(asyncio.ensure_future(self.outbox.appended.wait()))
@@ -165,6 +156,19 @@ class Forwarder:
             if not lost.done():
                 lost.cancel()
             self._in_flight.clear()
+
+    def _publish(self, client: MqttClient, ready: deque[StoredEvent], count: int) -> None:
+        in_flight = self._in_flight
+        for _ in range(min(count, len(ready))):
+            row = ready.popleft()
+            client.publish(
+                row.topic,
+                row.payload,
+                qos=self.qos,
+                token=row.seq,
+                user_properties=(("id", row.id), ("schema", row.schema), ("trace", row.trace)),
+            )
+            in_flight[row.seq] = row.created
 
     async def _drain_in_flight(self, client: MqttClient, lost: asyncio.Task[str]) -> None:
         """On shutdown: wait a bounded time for PUBACKs of what is already sent."""
