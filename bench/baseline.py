@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
 import time
@@ -190,10 +191,8 @@ async def run_edgegw(
             )
             sent += 1
         room.clear()
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(room.wait(), 1.0)
-        except TimeoutError:
-            pass
     t1 = time.monotonic()
     acked = state["acked"] - window_acked
     _emit(

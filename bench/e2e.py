@@ -18,7 +18,8 @@ peak RSS (sampled every 0.5 s), outbox commits/s (growth of `last_seq` from
 SIGTERM (it must exit 0) and, in the same run, the baselines publish through the same broker to
 the same subscriber (`bench.baseline`: raw paho, and edgegw's own MqttClient alone).
 
-Results: a table on stdout, `bench/results/e2e-<timestamp>.json` and `bench/results/e2e-latest.json`.
+Results: a table on stdout, `bench/results/e2e-<timestamp>.json` and
+`bench/results/e2e-latest.json`.
 See bench/README.md for what each figure means.
 """
 
@@ -31,9 +32,11 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import signal
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -117,12 +120,45 @@ def thread_cpu(proc: psutil.Process) -> dict[str, float]:
     return out
 
 
+def py_spy_dump(pid: int) -> str:
+    """`py-spy dump` of a process (a few lines per thread), or why not."""
+    exe = Path(sys.executable).parent / "py-spy"
+    if not exe.exists():
+        return "py-spy not installed (.venv/bin/pip install py-spy)"
+    try:
+        out = subprocess.run(
+            [str(exe), "dump", "--pid", str(pid), "--nonblocking"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"py-spy dump failed: {exc}"
+    return (out.stdout + out.stderr)[-6000:]
+
+
 def machine_busy() -> tuple[float, float]:
     """(busy, total) CPU seconds of the whole machine so far, all cores."""
     t = psutil.cpu_times()
     total = sum(t)
     idle = t.idle + getattr(t, "iowait", 0.0)
     return total - idle, total
+
+
+def git_state() -> dict[str, Any]:
+    """The code measured: HEAD and the files that differ from it (read-only git calls)."""
+
+    def git(*cmd: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *cmd], cwd=REPO, capture_output=True, text=True, timeout=10, check=False
+            ).stdout
+        except OSError:
+            return ""
+
+    dirty = [line[3:] for line in git("status", "--porcelain").splitlines() if line[3:]]
+    return {"head": git("rev-parse", "--short", "HEAD").strip(), "dirty": dirty}
 
 
 def mosquitto_version() -> str:
@@ -140,8 +176,14 @@ def outbox_stats(config_path: Path) -> tuple[dict[str, Any], float]:
     """`edgegw outbox stats --json`, and the moment it looked (midpoint of the call)."""
     before = time.monotonic()
     out = subprocess.run(
-        [str(Path(sys.executable).parent / "edgegw"), "outbox", "stats", "-c", str(config_path),
-         "--json"],
+        [
+            str(Path(sys.executable).parent / "edgegw"),
+            "outbox",
+            "stats",
+            "-c",
+            str(config_path),
+            "--json",
+        ],
         capture_output=True,
         text=True,
         timeout=30,
@@ -182,7 +224,12 @@ class Sampler(threading.Thread):
 
 
 def gateway_config(
-    tmp: Path, mqtt_port: int, modbus_port: int, tags: int, per_source: int, args: argparse.Namespace
+    tmp: Path,
+    mqtt_port: int,
+    modbus_port: int,
+    tags: int,
+    per_source: int,
+    args: argparse.Namespace,
 ) -> dict[str, Any]:
     sources = []
     for k, first in enumerate(range(0, tags, per_source)):
@@ -246,9 +293,21 @@ def run_baseline(
     client: str, mqtt_port: int, sub: RawSubscriber | PahoSubscriber, args: argparse.Namespace
 ) -> dict[str, Any]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.baseline", "--port", str(mqtt_port), "--client", client,
-         "--seconds", str(args.baseline_seconds), "--window", str(args.inflight),
-         "--size", str(args.payload_size)],
+        [
+            sys.executable,
+            "-m",
+            "bench.baseline",
+            "--port",
+            str(mqtt_port),
+            "--client",
+            client,
+            "--seconds",
+            str(args.baseline_seconds),
+            "--window",
+            str(args.inflight),
+            "--size",
+            str(args.payload_size),
+        ],
         cwd=REPO,
         stdout=subprocess.PIPE,
         text=True,
@@ -282,7 +341,9 @@ def run_baseline(
     return result
 
 
-def wait_drained(sub: RawSubscriber | PahoSubscriber, quiet: float = 1.0, limit: float = 15.0) -> None:
+def wait_drained(
+    sub: RawSubscriber | PahoSubscriber, quiet: float = 1.0, limit: float = 15.0
+) -> None:
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         if time.monotonic() - sub.last_arrival() >= quiet:
@@ -290,7 +351,9 @@ def wait_drained(sub: RawSubscriber | PahoSubscriber, quiet: float = 1.0, limit:
         time.sleep(0.2)
 
 
-def run_once(tags: int, run_index: int, args: argparse.Namespace, profile: bool = False) -> dict[str, Any]:
+def run_once(
+    tags: int, run_index: int, args: argparse.Namespace, profile: bool = False
+) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix=f"edgegw-bench-{tags}-"))
     mqtt_port, modbus_port = free_port(), free_port()
     procs: dict[str, subprocess.Popen[Any]] = {}
@@ -315,8 +378,19 @@ def run_once(tags: int, run_index: int, args: argparse.Namespace, profile: bool 
         sub = sub_cls("127.0.0.1", mqtt_port, kinds)
         sub.start()
         procs["simulator"] = subprocess.Popen(
-            [sys.executable, "-m", "simulators.modbus_plc", "--host", "127.0.0.1",
-             "--port", str(modbus_port), "--bench-registers", str(tags), "--log-level", "WARNING"],
+            [
+                sys.executable,
+                "-m",
+                "simulators.modbus_plc",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(modbus_port),
+                "--bench-registers",
+                str(tags),
+                "--log-level",
+                "WARNING",
+            ],
             cwd=REPO,
             stdout=subprocess.DEVNULL,
             stderr=(tmp / "simulator.log").open("wb"),
@@ -330,8 +404,13 @@ def run_once(tags: int, run_index: int, args: argparse.Namespace, profile: bool 
         result["sources"] = len(cfg["sources"])
         gw_log = tmp / "gateway.log"
         started = time.monotonic()
+        gateway_cmd = (
+            shlex.split(args.gateway_cmd)
+            if args.gateway_cmd
+            else [str(Path(sys.executable).parent / "edgegw")]
+        )
         procs["gateway"] = subprocess.Popen(
-            [str(Path(sys.executable).parent / "edgegw"), "run", "-c", str(config_path)],
+            [*gateway_cmd, "run", "-c", str(config_path)],
             cwd=tmp,
             stdout=(tmp / "gateway.out").open("wb"),
             stderr=gw_log.open("wb"),
@@ -353,9 +432,7 @@ def run_once(tags: int, run_index: int, args: argparse.Namespace, profile: bool 
         time.sleep(args.warmup)
 
         # 3. the measured window
-        others = {
-            name: psutil.Process(procs[name].pid) for name in ("simulator", "mosquitto")
-        }
+        others = {name: psutil.Process(procs[name].pid) for name in ("simulator", "mosquitto")}
         others["bench+subscriber"] = psutil.Process()
         stats0, ts0 = outbox_stats(config_path)
         busy0, total0 = machine_busy()
@@ -367,9 +444,22 @@ def run_once(tags: int, run_index: int, args: argparse.Namespace, profile: bool 
         if profile:
             spy_out = tmp / "py-spy.txt"
             spy = subprocess.Popen(
-                [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(gw.pid),
-                 "-d", str(int(args.seconds)), "-r", "100", "-f", "raw", "-o", str(spy_out),
-                 "--nonblocking", "--threads"],
+                [
+                    str(Path(sys.executable).parent / "py-spy"),
+                    "record",
+                    "-p",
+                    str(gw.pid),
+                    "-d",
+                    str(int(args.seconds)),
+                    "-r",
+                    "100",
+                    "-f",
+                    "raw",
+                    "-o",
+                    str(spy_out),
+                    "--nonblocking",
+                    "--threads",
+                ],
                 stdout=subprocess.DEVNULL,
                 stderr=(tmp / "py-spy.log").open("wb"),
             )
@@ -404,9 +494,7 @@ def run_once(tags: int, run_index: int, args: argparse.Namespace, profile: bool 
             gateway_cpu_percent=round(100 * gw_cpu / elapsed, 1),
             gateway_cpu_ms_per_1k_values=round(gw_cpu * 1e6 / values, 2) if values else None,
             peak_rss_mb_window=round(sampler.peak_rss(t0, t1) / 2**20, 1),
-            outbox_commits_per_s=round(
-                (stats1["last_seq"] - stats0["last_seq"]) / (ts1 - ts0), 1
-            ),
+            outbox_commits_per_s=round((stats1["last_seq"] - stats0["last_seq"]) / (ts1 - ts0), 1),
             outbox_depth_start=stats0["depth"],
             outbox_depth_end=stats1["depth"],
             outbox_depth_growth_per_s=round((stats1["depth"] - stats0["depth"]) / (ts1 - ts0), 1),
@@ -437,11 +525,25 @@ def run_once(tags: int, run_index: int, args: argparse.Namespace, profile: bool 
         t_stop = time.monotonic()
         procs["gateway"].send_signal(signal.SIGTERM)
         try:
-            rc = procs["gateway"].wait(60)
+            rc = procs["gateway"].wait(args.stop_dump_after)
         except subprocess.TimeoutExpired:
-            procs["gateway"].kill()
-            rc = procs["gateway"].wait()
-            result["stop_note"] = "did not exit within 60 s of SIGTERM: killed"
+            # Slow to stop: keep where it is stuck as evidence, then give it the rest.
+            result["stop_stack_dump"] = py_spy_dump(gw.pid)
+            with contextlib.suppress(subprocess.SubprocessError, ValueError):
+                # Still committing after SIGTERM means a source is still polling.
+                a, ta = outbox_stats(config_path)
+                time.sleep(1.0)
+                b, tb = outbox_stats(config_path)
+                result["commits_per_s_after_sigterm"] = round(
+                    (b["last_seq"] - a["last_seq"]) / (tb - ta), 1
+                )
+            try:
+                rc = procs["gateway"].wait(max(0.0, 60 - args.stop_dump_after))
+            except subprocess.TimeoutExpired:
+                result["stop_stack_dump_at_kill"] = py_spy_dump(gw.pid)
+                procs["gateway"].kill()
+                rc = procs["gateway"].wait()
+                result["stop_note"] = "did not exit within 60 s of SIGTERM: killed"
         result["gateway_exit_status"] = rc
         result["stop_seconds"] = round(time.monotonic() - t_stop, 2)
         sampler.stop()
@@ -458,8 +560,21 @@ def run_once(tags: int, run_index: int, args: argparse.Namespace, profile: bool 
         result["subscriber_total"] = gw_counts
         # Everything the gateway says it published must have reached the subscriber, from
         # seq 1 without holes (the forwarder sends in seq order).
+        delivered_kept = None
+        if gw_counts.get("seq_max") is not None:
+            # Received by the subscriber but still in the outbox after the stop: sent again at
+            # the next start (a duplicate the consumer drops by id), not counted as published.
+            with contextlib.suppress(sqlite3.Error):
+                db = sqlite3.connect(f"file:{tmp / 'state' / 'outbox.sqlite3'}?mode=ro", uri=True)
+                try:
+                    delivered_kept = db.execute(
+                        "SELECT count(*) FROM outbox WHERE seq <= ?", (gw_counts["seq_max"],)
+                    ).fetchone()[0]
+                finally:
+                    db.close()
         if log_info["published"] is not None:
             result["delivery_check"] = {
+                "received_but_still_in_outbox": delivered_kept,
                 "published_by_gateway": log_info["published"],
                 "received_distinct": gw_counts["distinct_ids"],
                 "received_minus_published": gw_counts["distinct_ids"] - log_info["published"],
@@ -489,11 +604,33 @@ def run_once(tags: int, run_index: int, args: argparse.Namespace, profile: bool 
 # -- profile summary ---------------------------------------------------------------------------
 
 
-def summarise_profile(raw_path: Path, top: int = 25) -> dict[str, Any]:
-    """py-spy raw (collapsed) stacks -> share of samples per function, self and inclusive."""
+# Where a sample belongs, by the first marker found in its stack (most specific first).
+PROFILE_COMPONENTS = (
+    ("sqlite worker thread (aiosqlite: SQL, fsync)", "_connection_worker_thread"),
+    ("event loop idle (epoll wait)", "EpollSelector.select"),
+    ("pipeline: TelemetryBuilder.build (RBE, key, envelope)", "TelemetryBuilder.build"),
+    ("outbox: append (orjson, numbering, await)", "Outbox.append"),
+    ("outbox: claim (event loop side)", "Outbox.claim"),
+    ("outbox: delete_acknowledged (event loop side)", "Outbox.delete_acknowledged"),
+    ("modbus source: decode", "ModbusSource._decode"),
+    ("modbus source: pymodbus request/response", "pymodbus"),
+    ("modbus source: other", "ModbusSource"),
+    ("mqtt: paho read + PUBACK handling", "_Link._on_readable"),
+    ("mqtt: paho write", "_Link._on_writable"),
+    ("forwarder: publish (paho publish)", "MqttClient.publish"),
+    ("forwarder: other", "Forwarder."),
+    ("committer: other", "Gateway._commit_forever"),
+)
+
+
+def summarise_profile(
+    raw_path: Path, seconds: float, rate: int = 100, top: int = 25
+) -> dict[str, Any]:
+    """py-spy raw (collapsed) stacks -> share of samples per component/function and thread."""
     self_c: Counter[str] = Counter()
     incl_c: Counter[str] = Counter()
     by_thread: Counter[str] = Counter()
+    by_comp: Counter[str] = Counter()
     total = 0
     for line in raw_path.read_text(errors="replace").splitlines():
         stack, _, count_s = line.rpartition(" ")
@@ -502,7 +639,13 @@ def summarise_profile(raw_path: Path, top: int = 25) -> dict[str, Any]:
         n = int(count_s)
         frames = stack.split(";")
         total += n
-        by_thread[frames[0]] += n
+        by_thread[re.sub(r"^thread \(\d+\): ", "", frames[0])] += n
+        for label, marker in PROFILE_COMPONENTS:
+            if marker in stack:
+                by_comp[label] += n
+                break
+        else:
+            by_comp["other (asyncio machinery, callbacks)"] += n
         frames = [re.sub(r"\s*\((.*?/)?([^/]*?):\d+\)$", r" (\2)", f) for f in frames[1:]]
         if not frames:
             continue
@@ -510,12 +653,15 @@ def summarise_profile(raw_path: Path, top: int = 25) -> dict[str, Any]:
         for f in set(frames):
             incl_c[f] += n
 
-    def share(c: Counter[str]) -> list[list[Any]]:
-        return [[f, round(100 * n / total, 1)] for f, n in c.most_common(top)]
+    def share(c: Counter[str], k: int = top) -> list[list[Any]]:
+        return [[f, round(100 * n / total, 1)] for f, n in c.most_common(k)]
 
     return {
         "samples": total,
+        "note": "percent of non-idle samples (py-spy --threads, idle threads not sampled); "
+        f"{rate} Hz for {seconds:g} s = {int(rate * seconds)} samples per fully busy thread",
         "threads_percent": share(by_thread),
+        "components_percent": share(by_comp, 50),
         "self_percent": share(self_c),
         "inclusive_percent": share(incl_c),
     }
@@ -540,7 +686,9 @@ METRICS = (
 )
 
 
-def summarise_config(tags: int, runs: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+def summarise_config(
+    tags: int, runs: list[dict[str, Any]], args: argparse.Namespace
+) -> dict[str, Any]:
     med = {m: median([r.get(m) for r in runs]) for m in METRICS}
     for name in ("simulator", "mosquitto", "bench+subscriber"):
         med[f"{name}_cpu_percent"] = median([r["other_cpu_percent"][name] for r in runs])
@@ -628,31 +776,71 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=3, help="runs per tag count (medians reported)")
     p.add_argument("--warmup", type=float, default=3.0, help="seconds after the first message")
     p.add_argument("--poll", default="100ms", help="poll interval of every source")
-    p.add_argument("--tags-per-source", type=int, default=2500,
-                   help="tags per source (= per Modbus connection)")
+    p.add_argument(
+        "--tags-per-source",
+        type=int,
+        default=2500,
+        help="tags per source (= per Modbus connection)",
+    )
     p.add_argument("--inflight", type=int, default=100, help="mqtt.inflight and baseline window")
-    p.add_argument("--synchronous", choices=["full", "normal", "extra"], default="full",
-                   help="outbox.synchronous of the gateway")
-    p.add_argument("--subscriber", choices=["raw", "paho"], default="raw",
-                   help="counting subscriber (paho tops out near 9-10k msg/s here)")
-    p.add_argument("--baselines", nargs="*", choices=["paho", "edgegw"], default=["paho", "edgegw"],
-                   help="baseline publishers to run after the gateway in each run")
+    p.add_argument(
+        "--synchronous",
+        choices=["full", "normal", "extra"],
+        default="full",
+        help="outbox.synchronous of the gateway",
+    )
+    p.add_argument(
+        "--subscriber",
+        choices=["raw", "paho"],
+        default="raw",
+        help="counting subscriber (paho tops out near 9-10k msg/s here)",
+    )
+    p.add_argument(
+        "--baselines",
+        nargs="*",
+        choices=["paho", "edgegw"],
+        default=["paho", "edgegw"],
+        help="baseline publishers to run after the gateway in each run",
+    )
     p.add_argument("--baseline-seconds", type=float, default=8.0)
     p.add_argument("--payload-size", type=int, default=300, help="baseline payload bytes")
-    p.add_argument("--profile", action="store_true",
-                   help="one extra run per tag count with py-spy on the gateway (not in medians)")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="one extra run per tag count with py-spy on the gateway (not in medians)",
+    )
+    p.add_argument(
+        "--gateway-cmd",
+        default=None,
+        help="command instead of .venv/bin/edgegw (gets 'run -c CONFIG' appended), "
+        "e.g. to run an instrumented gateway",
+    )
+    p.add_argument(
+        "--stop-dump-after",
+        type=float,
+        default=15.0,
+        help="seconds after SIGTERM before a py-spy dump of a gateway still running",
+    )
     p.add_argument("--keep-tmp", action="store_true", help="keep the temp dirs (logs, outbox)")
+    p.add_argument(
+        "--output-prefix",
+        default="e2e",
+        help="write bench/results/PREFIX-<timestamp>.json and PREFIX-latest.json",
+    )
     p.add_argument("--no-save", action="store_true", help="do not write bench/results")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # SIGTERM -> SystemExit, so that every `finally` stops the processes this run started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     args.poll_s = parse_duration(args.poll)
     if not os.path.exists(MOSQUITTO):
         print(f"{MOSQUITTO} not found (apt-get install mosquitto)", file=sys.stderr)
         return 2
     started = dt.datetime.now(dt.UTC)
+    code_at_start = git_state()
     configs = []
     profiles: dict[str, Any] = {}
     for tags in args.tags:
@@ -667,27 +855,54 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"tags={tags} run {i + 1}/{args.runs}: {r['values_per_s']:,.0f} values/s, "
                 f"commits {r['outbox_commits_per_s']:,.0f}/s, depth {r['outbox_depth_end']:,}, "
-                f"gw CPU {r['gateway_cpu_percent']}% (loop {r['gateway_main_thread_cpu_percent']}%), {r['gateway_cpu_ms_per_1k_values']} ms/1k, "
-                f"RSS {r['peak_rss_mb']} MB, stop {r['stop_seconds']} s, machine busy {r['machine_busy_percent']}% "
+                f"gw CPU {r['gateway_cpu_percent']}% "
+                f"(loop {r['gateway_main_thread_cpu_percent']}%), "
+                f"{r['gateway_cpu_ms_per_1k_values']} ms/1k, "
+                f"RSS {r['peak_rss_mb']} MB, stop {r['stop_seconds']} s, "
+                f"machine busy {r['machine_busy_percent']}% "
                 f"(unaccounted {r['unaccounted_cpu_percent']}%), exit {r['gateway_exit_status']}; "
                 f"baselines: {base} [{time.monotonic() - t:.0f} s]",
                 flush=True,
             )
+            check = r.get("delivery_check")
+            if check:
+                print(
+                    f"  delivery: published {check['published_by_gateway']:,}, received "
+                    f"{check['received_distinct']:,} distinct, seq holes "
+                    f"{check['seq_missing_in_range']}, received but still in the outbox "
+                    f"{check['received_but_still_in_outbox']}",
+                    flush=True,
+                )
+            for key in (
+                "stop_note",
+                "commits_per_s_after_sigterm",
+                "stop_stack_dump",
+                "stop_stack_dump_at_kill",
+            ):
+                if key in r:
+                    print(f"  {key}:\n{r[key]}", flush=True)
         configs.append(summarise_config(tags, runs, args))
         if args.profile:
             r = run_once(tags, 0, args, profile=True)
             raw = Path(r["profile_raw"])
             if raw.exists():
-                summary = summarise_profile(raw)
+                summary = summarise_profile(raw, args.seconds)
                 summary["values_per_s_while_profiled"] = r["values_per_s"]
                 profiles[str(tags)] = summary
                 if not args.no_save:
                     RESULTS.mkdir(parents=True, exist_ok=True)
-                    shutil.copy(raw, RESULTS / f"e2e-profile-{tags}.txt")
-                print(f"profile tags={tags}: top self time:")
-                for name, pct in summary["self_percent"][:15]:
+                    shutil.copy(raw, RESULTS / f"{args.output_prefix}-pyspy-{tags}.txt")
+                print(
+                    f"profile tags={tags} ({summary['samples']} samples): threads "
+                    f"{summary['threads_percent']}; by component:"
+                )
+                for name, pct in summary["components_percent"]:
                     print(f"  {pct:5.1f}%  {name}")
-            shutil.rmtree(r["tmp"], ignore_errors=True)
+                print("  top self time:")
+                for name, pct in summary["self_percent"][:12]:
+                    print(f"  {pct:5.1f}%  {name}")
+            if not args.keep_tmp:
+                shutil.rmtree(r["tmp"], ignore_errors=True)
     print()
     print_table(configs, args.baselines)
     doc = {
@@ -701,9 +916,8 @@ def main(argv: list[str] | None = None) -> int:
             "platform": platform.platform(),
             "mosquitto": mosquitto_version(),
         },
-        "settings": {
-            k: v for k, v in vars(args).items() if k not in ("no_save", "keep_tmp")
-        },
+        "code": {"at_start": code_at_start, "at_end": git_state()},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("no_save", "keep_tmp")},
         "configs": configs,
     }
     if profiles:
@@ -712,9 +926,10 @@ def main(argv: list[str] | None = None) -> int:
         RESULTS.mkdir(parents=True, exist_ok=True)
         stamp = started.strftime("%Y%m%dT%H%M%SZ")
         data = orjson.dumps(doc, option=orjson.OPT_INDENT_2)
-        (RESULTS / f"e2e-{stamp}.json").write_bytes(data)
-        (RESULTS / "e2e-latest.json").write_bytes(data)
-        print(f"\nwrote {RESULTS / f'e2e-{stamp}.json'} and e2e-latest.json")
+        prefix = args.output_prefix
+        (RESULTS / f"{prefix}-{stamp}.json").write_bytes(data)
+        (RESULTS / f"{prefix}-latest.json").write_bytes(data)
+        print(f"\nwrote {RESULTS / f'{prefix}-{stamp}.json'} and {prefix}-latest.json")
     return 0
 
 

@@ -17,6 +17,7 @@ integer `seq` the distinct seq values (to check for gaps end to end).
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -67,13 +68,14 @@ class _Counting:
         self.other = 0
 
     def _count(self, topic: bytes, payload: bytes) -> None:
-        for prefix, kind in self._kinds:
+        c = None
+        for prefix, name in self._kinds:
             if topic.startswith(prefix):
+                c = self.counts[name]
                 break
-        else:
+        if c is None:
             self.other += 1
             return
-        c = self.counts[kind]
         c.messages += 1
         c.payload_bytes += len(payload)
         c.last_arrival = time.monotonic()
@@ -202,10 +204,8 @@ class RawSubscriber(_Counting):
         if self._thread is not None:
             self._thread.join(5.0)
         if self._sock is not None:
-            try:
+            with contextlib.suppress(OSError):
                 self._sock.sendall(b"\xe0\x00")  # DISCONNECT
-            except OSError:
-                pass
             self._sock.close()
             self._sock = None
 
