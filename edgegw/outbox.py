@@ -12,6 +12,7 @@ Contract:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sqlite3
@@ -126,28 +127,18 @@ class Outbox:
         _prepare_directory(self.path)
         try:
             db = await aiosqlite.connect(self.path)
-            await db.execute("PRAGMA journal_mode=WAL")
-            await db.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
-            rows = await _fetch(db, "PRAGMA quick_check")
-            verdict = [row[0] for row in rows]
-            if verdict != ["ok"]:
-                await db.close()
-                raise OutboxError(f"outbox {self.path} is damaged: {'; '.join(verdict[:3])}")
-            version = (await _fetch(db, "PRAGMA user_version"))[0][0]
-            if version > SCHEMA_VERSION:
-                await db.close()
-                raise OutboxError(
-                    f"outbox {self.path} has schema version {version}, newer than this edgegw "
-                    f"understands ({SCHEMA_VERSION}); upgrade edgegw or move the file aside"
-                )
-            await db.executescript(_SCHEMA)
-            await db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            await db.commit()
-            (last_meta,) = (await _fetch(db, "SELECT value FROM meta WHERE name='last_seq'"))[0]
-            (dropped,) = (await _fetch(db, "SELECT value FROM meta WHERE name='dropped'"))[0]
-            max_seq, depth = (await _fetch(db, "SELECT max(seq), count(*) FROM outbox"))[0]
         except sqlite3.DatabaseError as exc:
             raise OutboxError(f"cannot open outbox {self.path}: {exc}") from exc
+        try:
+            last_meta, dropped, max_seq, depth = await self._prepare(db)
+        except BaseException as exc:
+            # aiosqlite's worker thread is not a daemon: an unclosed connection would keep
+            # the process from exiting.
+            with contextlib.suppress(Exception):
+                await db.close()
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise OutboxError(f"cannot open outbox {self.path}: {exc}") from exc
+            raise
         self._db = db
         self._next_seq = max(int(last_meta), int(max_seq or 0)) + 1
         self.depth = int(depth)
@@ -159,6 +150,27 @@ class Outbox:
             self._next_seq,
             self.synchronous,
         )
+
+    async def _prepare(self, db: aiosqlite.Connection) -> tuple[int, int, int | None, int]:
+        """Check the file, migrate the schema, read the counters."""
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
+        verdict = [row[0] for row in await _fetch(db, "PRAGMA quick_check")]
+        if verdict != ["ok"]:
+            raise OutboxError(f"outbox {self.path} is damaged: {'; '.join(verdict[:3])}")
+        version = (await _fetch(db, "PRAGMA user_version"))[0][0]
+        if version > SCHEMA_VERSION:
+            raise OutboxError(
+                f"outbox {self.path} has schema version {version}, newer than this edgegw "
+                f"understands ({SCHEMA_VERSION}); upgrade edgegw or move the file aside"
+            )
+        await db.executescript(_SCHEMA)
+        await db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        await db.commit()
+        (last_meta,) = (await _fetch(db, "SELECT value FROM meta WHERE name='last_seq'"))[0]
+        (dropped,) = (await _fetch(db, "SELECT value FROM meta WHERE name='dropped'"))[0]
+        max_seq, depth = (await _fetch(db, "SELECT max(seq), count(*) FROM outbox"))[0]
+        return int(last_meta), int(dropped), max_seq, int(depth)
 
     async def close(self) -> None:
         if self._db is not None:
