@@ -90,9 +90,14 @@ class Gateway:
                 )
                 await self.stop_requested.wait()
                 log.info("stopping: sources first, then the outbox, then the broker")
-                for reader in readers:
-                    reader.cancel()
-                await asyncio.gather(*readers, return_exceptions=True)
+                # Cancel until they are gone: on Python 3.11 asyncio.wait_for (used by pymodbus
+                # and our driver) swallows a cancellation whose reply lands in the same loop
+                # step, and a source would then keep polling after SIGTERM (seen in the bench).
+                running = set(readers)
+                while running:
+                    for reader in running:
+                        reader.cancel()
+                    _, running = await asyncio.wait(running, timeout=0.5)
                 try:
                     await asyncio.wait_for(self.intake.join(), self.shutdown_grace)
                 except TimeoutError:

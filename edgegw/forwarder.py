@@ -219,7 +219,9 @@ class Forwarder:
         batch, self._acked = self._acked, []
         try:
             await self.outbox.delete_acknowledged(batch)
-        except OutboxError:
+        except BaseException:
+            # Also on cancellation at shutdown: the final flush deletes them, so the next
+            # start does not send them again.
             self._acked[:0] = batch
             raise
         self.status.published += len(batch)
