@@ -44,6 +44,32 @@ def _emit(event: str, **fields: Any) -> None:
     sys.stdout.flush()
 
 
+def _emit_result(
+    client: str,
+    window: int,
+    payload_bytes: int,
+    t0: float,
+    state: dict[str, Any],
+    window_acked: int,
+    sent: int,
+) -> None:
+    """The measured window's figures, shared by every baseline client."""
+    t1 = time.monotonic()
+    acked = state["acked"] - window_acked
+    _emit(
+        "result",
+        client=client,
+        window=window,
+        payload_bytes=payload_bytes,
+        seconds=round(t1 - t0, 3),
+        acked=acked,
+        msgs_per_s=round(acked / (t1 - t0), 1),
+        refused=state["refused"],
+        sent_total=sent,
+        t=time.time(),
+    )
+
+
 def make_payload_factory(size: int) -> Callable[[int], bytes]:
     """n -> a telemetry-like JSON document of about `size` bytes with a unique id."""
     base: dict[str, Any] = {
@@ -122,20 +148,7 @@ def run_paho(host: str, port: int, seconds: float, warmup: float, window: int, s
             publish(topics[sent % 1000], make(sent), 1)
             sent += 1
         loop(1.0)
-    t1 = time.monotonic()
-    acked = state["acked"] - window_acked
-    _emit(
-        "result",
-        client="paho",
-        window=window,
-        payload_bytes=len(make(0)),
-        seconds=round(t1 - t0, 3),
-        acked=acked,
-        msgs_per_s=round(acked / (t1 - t0), 1),
-        refused=state["refused"],
-        sent_total=sent,
-        t=time.time(),
-    )
+    _emit_result("paho", window, len(make(0)), t0, state, window_acked, sent)
     # Let the last PUBACKs in, then leave cleanly.
     deadline = time.monotonic() + 5
     while state["acked"] < sent and time.monotonic() < deadline:
@@ -193,20 +206,7 @@ async def run_edgegw(
         room.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(room.wait(), 1.0)
-    t1 = time.monotonic()
-    acked = state["acked"] - window_acked
-    _emit(
-        "result",
-        client="edgegw",
-        window=window,
-        payload_bytes=len(make(0)),
-        seconds=round(t1 - t0, 3),
-        acked=acked,
-        msgs_per_s=round(acked / (t1 - t0), 1),
-        refused=state["refused"],
-        sent_total=sent,
-        t=time.time(),
-    )
+    _emit_result("edgegw", window, len(make(0)), t0, state, window_acked, sent)
     await client.close()
 
 
