@@ -24,8 +24,8 @@ def _add_config(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgegw",
-        description="Shop-floor edge gateway: reads PLCs (Modbus TCP), keeps every value in a "
-        "local SQLite outbox, and forwards it to an MQTT broker at least once.",
+        description="Shop-floor edge gateway: reads PLCs (Modbus TCP, OPC UA), keeps every "
+        "value in a local SQLite outbox, and forwards it to an MQTT broker at least once.",
         epilog="Exit status: 0 ok, 1 runtime error, 78 invalid configuration.",
     )
     parser.add_argument("--version", action="version", version=f"edgegw {__version__}")
@@ -106,6 +106,56 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config(stats)
     stats.add_argument("--json", action="store_true", help="print one JSON object")
+
+    browse = commands.add_parser(
+        "browse",
+        help="list an OPC UA server's variables as a config 'tags:' fragment",
+        description="Walk an OPC UA server's address space and print its variables as a YAML "
+        "'tags:' list with nsu= node ids (stable across server restarts), ready to paste under "
+        "a source. Without -c the connection is unsecured; with -c and --source it uses that "
+        "source's security and credentials.",
+    )
+    browse.add_argument("url", nargs="?", help="opc.tcp://HOST:PORT/PATH (default: the source's)")
+    browse.add_argument(
+        "--depth", type=int, default=10, metavar="N", help="levels below the start (default: 10)"
+    )
+    browse.add_argument(
+        "--under",
+        default=None,
+        metavar="NODE",
+        help="start at this node, e.g. 'nsu=urn:plc;s=Filler' (default: the Objects folder)",
+    )
+    browse.add_argument(
+        "--max-nodes",
+        type=int,
+        default=50_000,
+        metavar="N",
+        help="stop with an error beyond this many nodes (default: 50000)",
+    )
+    browse.add_argument("-c", "--config", metavar="FILE", help="take security from this config")
+    browse.add_argument("--source", metavar="NAME", help="the OPC UA source in --config")
+
+    pki = commands.add_parser(
+        "pki",
+        help="make the gateway's OPC UA certificate",
+        description="Certificates for OPC UA security.",
+    )
+    pki_commands = pki.add_subparsers(dest="pki_command", required=True, metavar="ACTION")
+    create = pki_commands.add_parser(
+        "create",
+        help="create a self-signed application certificate and key",
+        description="Create the gateway's OPC UA application certificate (RSA 2048, SHA-256, "
+        "application URI urn:edgegw:ID) as DIR/gw.der and its key as DIR/gw.key.pem (mode "
+        "0600). Give gw.der to the PLC's administrator to trust; put the PLC's certificate in "
+        "the source's 'trust:' list.",
+    )
+    create.add_argument("--out", required=True, metavar="DIR", help="directory for the files")
+    who = create.add_mutually_exclusive_group(required=True)
+    who.add_argument("--gateway-id", metavar="ID", help="the gateway id (gateway.id in config)")
+    who.add_argument("-c", "--config", metavar="FILE", help="take the gateway id from this config")
+    create.add_argument("--hostname", default=None, help="DNS name in the certificate")
+    create.add_argument("--days", type=int, default=3650, help="validity (default: 3650)")
+    create.add_argument("--force", action="store_true", help="replace existing files")
     return parser
 
 
@@ -121,6 +171,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             from edgegw.demo import run_demo
 
             return run_demo(duration=args.duration, broker=args.broker, state_dir=args.state_dir)
+        if args.command == "browse":
+            from edgegw.browse_command import run_browse
+
+            return run_browse(args)
+        if args.command == "pki":
+            return _pki_create(args)
         config = _load(args.config)
         if args.command == "check":
             count = sum(len(source.tags) for source in config.sources)
@@ -142,6 +198,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     raise AssertionError(f"unhandled command {args.command}")
+
+
+def _pki_create(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from edgegw.pki import create_application_certificate
+
+    gateway_id = args.gateway_id or _load(args.config).gateway.id
+    paths = create_application_certificate(
+        Path(args.out),
+        gateway_id=gateway_id,
+        hostname=args.hostname,
+        days=args.days,
+        force=args.force,
+    )
+    print(f"certificate {paths.certificate}")
+    print(f"private key {paths.private_key}")
+    return 0
 
 
 def _load(path: str):  # type: ignore[no-untyped-def]

@@ -41,3 +41,8 @@ def setup_logging(level: str = "info", json_lines: bool | None = None) -> None:
     root.setLevel(level.upper())
     # pymodbus logs every timeout at ERROR; our sources report device faults themselves.
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+    # asyncua logs each session step at INFO and a closed socket as an ERROR with a traceback
+    # from its publish loop; the OPC UA source reports connection loss itself, in one line.
+    logging.getLogger("asyncua").setLevel(logging.WARNING)
+    logging.getLogger("asyncua.client.ua_session").setLevel(logging.CRITICAL)
+    logging.getLogger("asyncua.client.ua_client").setLevel(logging.ERROR)

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgegw.config.model import GatewayConfig
+from edgegw.config.types import parse_deadband
 from edgegw.keys import telemetry_key
 from edgegw.outbox import PendingEvent
 from edgegw.reading import Reading, Value
-from edgegw.sources.modbus.config import parse_deadband
 
 TELEMETRY_SCHEMA = "edgegw.telemetry/1"
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 Quality = Literal["good", "uncertain", "bad"]
-Value = bool | int | float | str | None
+Value = bool | int | float | str | list[Any] | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -91,6 +91,17 @@ def format_issue(path_file: str, mark: Mark | None, loc_path: str, message: str)
     return f"{where} {loc_path}: {message}" if loc_path else f"{where}: {message}"
 
 
+def loc_to_path(loc: tuple[str | int, ...]) -> str:
+    """`('sources', 0, 'tags', 3, 'name')` -> `sources[0].tags[3].name`."""
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else part
+    return text
+
+
 def summary_line(count: int) -> str:
     """The last line of every error report."""
     return f"{count} error{'' if count == 1 else 's'}; gateway not started."

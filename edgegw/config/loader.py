@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from typing import Any
 
-from edgegw.config.diagnostics import format_issue, validate_document, with_summary
+from edgegw.config.diagnostics import format_issue, loc_to_path, validate_document, with_summary
+from edgegw.config.envsubst import expand_env
 from edgegw.config.model import GatewayConfig
 from edgegw.config.yamlpos import YamlDocument, load_yaml_file
 from edgegw.errors import ConfigError
@@ -17,9 +19,14 @@ from edgegw.errors import ConfigError
 Loc = tuple[str | int, ...]
 
 
-def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
+def load_config(
+    path: str | os.PathLike[str], environ: Mapping[str, str] | None = None
+) -> GatewayConfig:
     """The validated config, or ConfigError listing every problem in the file."""
     doc = load_yaml_file(path)
+    env_issues = expand_env(doc, os.environ if environ is None else environ)
+    if env_issues:
+        raise ConfigError(with_summary(env_issues))
     duplicates = _duplicate_names(doc)
     try:
         config = validate_document(GatewayConfig, doc)
@@ -46,16 +53,6 @@ _LINE_COL = re.compile(r"^:(\d+):(\d+)")
 def _position(path: str, issue: str) -> tuple[int, int]:
     match = _LINE_COL.match(issue[len(path) :]) if issue.startswith(path) else None
     return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
-
-
-def loc_to_path(loc: Loc) -> str:
-    text = ""
-    for part in loc:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        else:
-            text += f".{part}" if text else part
-    return text
 
 
 def _duplicate_names(doc: YamlDocument) -> list[str]:

@@ -8,14 +8,15 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, PlainValidator, WithJsonSchema, model_validator
 
-from edgegw.config.types import Duration, StrictModel
-from edgegw.sources.modbus.config import ModbusSourceConfig, Name
+from edgegw.config.types import Duration, Name, StrictModel, check_url_port
+from edgegw.sources.modbus.config import ModbusSourceConfig
+from edgegw.sources.opcua.config import OpcUaSourceConfig
 
 TOPIC_PLACEHOLDERS = ("site", "area", "line", "gateway", "source", "tag")
 STATUS_PLACEHOLDERS = ("site", "area", "line", "gateway")
 
-SourceConfig = ModbusSourceConfig
-"""Union of the source configs, discriminated on `protocol` once there is more than one."""
+SourceConfig = Annotated[ModbusSourceConfig | OpcUaSourceConfig, Field(discriminator="protocol")]
+"""One entry of `sources:`; its `protocol` picks the model."""
 
 
 class GatewaySection(StrictModel):
@@ -38,10 +39,7 @@ def _check_mqtt_url(value: object) -> str:
         raise ValueError(f"unsupported scheme in '{value}'; write mqtt://HOST[:PORT]")
     if not parts.hostname:
         raise ValueError(f"'{value}' has no host; write mqtt://HOST[:PORT]")
-    try:
-        parts.port  # noqa: B018 - raises on a port that is out of range or not a number
-    except ValueError:
-        raise ValueError(f"'{value}' has an invalid port; it must be 1..65535") from None
+    check_url_port(value)
     return value
 
 

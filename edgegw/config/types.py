@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, WithJsonSchema
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -61,3 +61,63 @@ class StrictModel(BaseModel):
     """Base of every config section: unknown keys are errors, models are immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Name = Annotated[
+    str,
+    Field(
+        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_-]*$",
+        max_length=64,
+        description="Letters, digits, '_' and '-': it becomes an MQTT topic level.",
+    ),
+]
+
+
+def parse_deadband(value: float | str) -> tuple[float, bool]:
+    """Return (size, is_percent) for `0.5` or `'2%'`."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.endswith("%"):
+            try:
+                size = float(text[:-1])
+            except ValueError:
+                raise ValueError(f"deadband '{value}' is not a number or a percentage") from None
+            if size < 0:
+                raise ValueError(f"deadband must not be negative (got {value})")
+            return size, True
+        try:
+            size = float(text)
+        except ValueError:
+            raise ValueError(
+                f"deadband '{value}' is not a number or a percentage such as '2%'"
+            ) from None
+        return size, False
+    if value < 0:
+        raise ValueError(f"deadband must not be negative (got {value})")
+    return float(value), False
+
+
+def check_url_port(value: str) -> None:
+    """Raise ValueError naming `value` when its port is not a number in 1..65535."""
+    from urllib.parse import urlsplit
+
+    try:
+        urlsplit(value).port  # noqa: B018 - raises on a port that is out of range or not a number
+    except ValueError:
+        raise ValueError(f"'{value}' has an invalid port; it must be 1..65535") from None
+
+
+class TagBase(StrictModel):
+    """What every tag has, whatever its protocol: a name and how it is reported."""
+
+    name: Name
+    unit: str | None = Field(default=None, max_length=32, description="Engineering unit.")
+    deadband: float | str | None = Field(
+        default=None,
+        description="Report-by-exception: publish only when the value moved by more than this "
+        "(absolute, or a percentage of the last published value such as '2%').",
+    )
+    heartbeat: Duration | None = Field(
+        default=None, description="Publish an unchanged value again after this long."
+    )
+    description: str | None = None

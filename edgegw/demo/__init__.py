@@ -158,24 +158,30 @@ def _subscribe(port: int, topic_filter: str) -> Any:
 async def _demo(duration: float | None, broker_kind: str, state_dir: str | None) -> None:
     from edgegw.app import Gateway
     from simulators.modbus_plc import ModbusPlc
+    from simulators.opcua_plc import OpcUaPlc
 
     with tempfile.TemporaryDirectory(prefix="edgegw-demo-") as workdir:
         modbus_port = free_port(5020)
+        opcua_port = free_port(4840)
         mqtt_port = free_port(1883)
         doc = load_yaml_text(demo_config_text(), "edgegw/demo/demo.yaml")
         doc.data["mqtt"]["url"] = f"mqtt://127.0.0.1:{mqtt_port}"
         doc.data["sources"][0]["url"] = f"tcp://127.0.0.1:{modbus_port}"
+        filler = OpcUaPlc(host="127.0.0.1", port=opcua_port)
+        doc.data["sources"][1]["url"] = filler.url
         doc.data["gateway"]["state_dir"] = state_dir or os.path.join(workdir, "state")
         if _broker_kind(broker_kind) == "embedded":
             doc.data["mqtt"]["version"] = "3.1.1"  # amqtt speaks MQTT 3.1.1 only
         config = validate_document(GatewayConfig, doc)
         plc = ModbusPlc(host="127.0.0.1", port=modbus_port, unit=1)
         await plc.start()
+        await filler.start()
         try:
             async with _broker(broker_kind, mqtt_port, workdir) as broker_name:
                 topic_filter = "#"  # a broker of our own: everything on it is the demo's
                 print(
-                    f"edgegw demo: PLC simulator on tcp://127.0.0.1:{modbus_port}, {broker_name} "
+                    f"edgegw demo: Modbus PLC on tcp://127.0.0.1:{modbus_port}, OPC UA PLC on "
+                    f"{filler.url}, {broker_name} "
                     f"on mqtt://127.0.0.1:{mqtt_port}, outbox in {config.gateway.state_dir}.\n"
                     f"Subscribed to '{topic_filter}'. Ctrl-C stops.",
                     flush=True,
@@ -193,6 +199,7 @@ async def _demo(duration: float | None, broker_kind: str, state_dir: str | None)
                     subscriber.loop_stop()
                     subscriber.disconnect()
         finally:
+            await filler.stop()
             await plc.stop()
 
 

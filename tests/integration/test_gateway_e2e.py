@@ -13,7 +13,7 @@ import signal
 import sqlite3
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from tests.support.gateway import (
 )
 from tests.support.proxy import CuttableProxy
 from tests.support.subscriber import Received, Subscriber
+from tests.support.wait import until
 
 
 @pytest.fixture
@@ -51,14 +52,6 @@ def subscriber(mosquitto: Mosquitto) -> AsyncIterator[Subscriber]:
 
 def telemetry(messages: list[Received]) -> list[dict[str, Any]]:
     return [orjson.loads(m.payload) for m in messages if not m.topic.endswith("/status")]
-
-
-async def until(condition: Callable[[], bool], timeout: float, what: str) -> None:  # noqa: ASYNC109
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def stored(outbox_path: str) -> list[dict[str, Any]]:

@@ -10,7 +10,14 @@ from urllib.parse import urlsplit
 from pydantic import Field, PlainSerializer, PlainValidator, WithJsonSchema, model_validator
 
 from edgegw.config.diagnostics import did_you_mean
-from edgegw.config.types import Duration, StrictModel
+from edgegw.config.types import (
+    Duration,
+    Name,
+    StrictModel,
+    TagBase,
+    check_url_port,
+    parse_deadband,
+)
 
 TABLES = ("holding", "input", "coil", "discrete")
 Table = Literal["holding", "input", "coil", "discrete"]
@@ -99,20 +106,10 @@ AddressField = Annotated[
     ),
 ]
 
-Name = Annotated[
-    str,
-    Field(
-        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_-]*$",
-        max_length=64,
-        description="Letters, digits, '_' and '-': it becomes an MQTT topic level.",
-    ),
-]
 
-
-class ModbusTag(StrictModel):
+class ModbusTag(TagBase):
     """One value read from the device."""
 
-    name: Name
     address: AddressField
     type: DataType = Field(description="How the registers are decoded.")
     byte_order: Order | None = Field(
@@ -125,18 +122,8 @@ class ModbusTag(StrictModel):
     length: int | None = Field(
         default=None, ge=1, le=MAX_REGISTERS_PER_READ, description="string: length in registers."
     )
-    unit: str | None = Field(default=None, max_length=32, description="Engineering unit.")
     scale: float | None = Field(default=None, description="value = raw * scale + offset.")
     offset: float | None = Field(default=None, description="value = raw * scale + offset.")
-    deadband: float | str | None = Field(
-        default=None,
-        description="Report-by-exception: publish only when the value moved by more than this "
-        "(absolute, or a percentage of the last published value such as '2%').",
-    )
-    heartbeat: Duration | None = Field(
-        default=None, description="Publish an unchanged value again after this long."
-    )
-    description: str | None = None
 
     @model_validator(mode="after")
     def _check_type_fits_address(self) -> ModbusTag:
@@ -179,30 +166,6 @@ class ModbusTag(StrictModel):
         return REGISTER_COUNT[self.type]
 
 
-def parse_deadband(value: float | str) -> tuple[float, bool]:
-    """Return (size, is_percent) for `0.5` or `'2%'`."""
-    if isinstance(value, str):
-        text = value.strip()
-        if text.endswith("%"):
-            try:
-                size = float(text[:-1])
-            except ValueError:
-                raise ValueError(f"deadband '{value}' is not a number or a percentage") from None
-            if size < 0:
-                raise ValueError(f"deadband must not be negative (got {value})")
-            return size, True
-        try:
-            size = float(text)
-        except ValueError:
-            raise ValueError(
-                f"deadband '{value}' is not a number or a percentage such as '2%'"
-            ) from None
-        return size, False
-    if value < 0:
-        raise ValueError(f"deadband must not be negative (got {value})")
-    return float(value), False
-
-
 def _check_modbus_url(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError(f"expected a URL such as 'tcp://192.168.0.10:502', got {value!r}")
@@ -214,10 +177,7 @@ def _check_modbus_url(value: Any) -> str:
         )
     if not parts.hostname:
         raise ValueError(f"'{value}' has no host; write tcp://HOST[:PORT]")
-    try:
-        parts.port  # noqa: B018 - raises on a port that is out of range or not a number
-    except ValueError:
-        raise ValueError(f"'{value}' has an invalid port; it must be 1..65535") from None
+    check_url_port(value)
     return value
 
 

@@ -12,6 +12,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from edgegw.floats import shortest_float32
 from edgegw.reading import Value
 
 _FORMATS = {
@@ -96,20 +97,6 @@ def _decode_text(raw: bytes) -> str:
         return text.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise DecodeError(f"string is not valid UTF-8 text at byte {exc.start}") from None
-
-
-def shortest_float32(number: float) -> float:
-    """The shortest decimal that is the same float32: 725.3, not 725.2999877929688.
-
-    A float32 widened to a double shows digits the PLC never had; consumers compare and
-    display the value the PLC engineer typed.
-    """
-    packed = struct.pack(">f", number)
-    for digits in (6, 7, 8, 9):
-        candidate = float(f"{number:.{digits}g}")
-        if struct.pack(">f", candidate) == packed:
-            return candidate
-    return number
 
 
 def apply_scale(number: int | float, scale: float | None, offset: float | None) -> int | float:

@@ -1,0 +1,1 @@
+"""OPC UA sources: config, node ids, the asyncua driver, address-space browsing."""

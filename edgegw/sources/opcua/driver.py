@@ -1,0 +1,443 @@
+"""OPC UA source: monitored items or batched reads, and reconnects that survive restarts.
+
+Each connection is a fresh asyncua client (its own auto-reconnect stays off): after a server
+restart the namespace indexes may have moved, so every `nsu=` node id is resolved again
+before anything is subscribed, and nothing is re-created from the old ids. When only the link
+dropped, the server still holds our session's subscription for `session_timeout`; the next
+session takes it over with TransferSubscriptions and fetches the notifications it missed
+with Republish, so a short cut loses no sample.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import AsyncIterator
+from typing import Final
+
+from asyncua import ua
+from asyncua.client.client import Client
+from asyncua.ua.attribute_ids import AttributeIds
+from asyncua.ua.uaerrors import UaError
+
+from edgegw.backoff import Backoff
+from edgegw.reading import Reading
+from edgegw.sources.base import SourceStatus
+from edgegw.sources.opcua.config import OpcUaSourceConfig
+from edgegw.sources.opcua.nodeid import NamespaceMissing
+from edgegw.sources.opcua.session import (
+    SessionFactory,
+    close_quietly,
+    describe_error,
+    drop_transport,
+)
+from edgegw.sources.opcua.values import reading_of
+
+log = logging.getLogger(__name__)
+
+ITEMS_PER_REQUEST: Final = 1000
+"""Nodes per Read or CreateMonitoredItems call; servers commonly cap near this."""
+KEEPALIVE_SECONDS: Final = 5.0
+"""How often an idle subscription proves it is alive."""
+_LOST: Final = None
+
+
+class SessionLost(Exception):
+    """The session or its subscription died; the message says why."""
+
+
+class OpcUaSource:
+    """One OPC UA server (one `sources:` entry with `protocol: opcua`)."""
+
+    def __init__(self, config: OpcUaSourceConfig, *, client_name: str = "edgegw") -> None:
+        self.config = config
+        self.name = config.name
+        self.status = SourceStatus(config.name)
+        self.client_name = client_name
+        self._factory: SessionFactory | None = None
+        self._tag_names = [tag.name for tag in config.tags]
+        self._handles = {index + 1: tag.name for index, tag in enumerate(config.tags)}
+        self._nodes: dict[str, ua.NodeId] = {}
+        self._failed: dict[str, str] = {}  # tag -> why it is not read
+        self._queue: asyncio.Queue[list[Reading] | None] = asyncio.Queue(maxsize=64)
+        self._lost: str | None = None
+        self._namespaces: list[str] | None = None
+        self._subscription_id: int | None = None
+        self._last_sequence: int | None = None
+        self._last_publish = 0.0
+        self._published = asyncio.Event()
+        self.transfers = 0  # subscriptions taken over after a link loss
+        self.republished = 0  # notification messages fetched again after a takeover
+
+    # --- the Source contract ------------------------------------------------------------
+
+    async def batches(self) -> AsyncIterator[list[Reading]]:
+        backoff = Backoff(initial=0.5, maximum=30.0)
+        client: Client | None = None
+        try:
+            while True:
+                try:
+                    client = await self._open()
+                    initial = await self._start(client)
+                except Exception as exc:
+                    if client is not None:
+                        await close_quietly(client)
+                        client = None
+                    reason = describe_error(exc)
+                    if self._mark_down(reason):
+                        yield self._all_bad(reason)
+                    await asyncio.sleep(backoff.next_delay())
+                    continue
+                backoff.reset()
+                if initial:
+                    yield initial
+                try:
+                    while True:
+                        yield await self._next_batch(client)
+                except (SessionLost, OSError, TimeoutError, UaError) as exc:
+                    reason = describe_error(exc)
+                drop_transport(client)
+                client = None
+                self._mark_down(reason)
+                yield self._all_bad(f"connection lost: {reason}")
+                await asyncio.sleep(backoff.next_delay())
+        finally:
+            if client is not None:
+                # A clean stop deletes the subscription: nobody will take it over.
+                await close_quietly(client)
+            self.status.connected = False
+
+    # --- connecting -----------------------------------------------------------------------
+
+    async def _open(self) -> Client:
+        if self._factory is None:
+            self._factory = SessionFactory(self.config, client_name=self.client_name)
+        self._lost = None
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        client = await self._factory.connect()
+        client.connection_lost_callback = self._on_connection_lost
+        return client
+
+    async def _start(self, client: Client) -> list[Reading]:
+        """Resolve the nodes and start reading; the readings of tags that cannot be read."""
+        namespaces = await client.get_namespace_array()
+        same_server_layout = namespaces == self._namespaces
+        self._namespaces = namespaces
+        self._resolve(namespaces)
+        subscribe = self.config.mode == "subscribe"
+        if subscribe and not (same_server_layout and await self._take_over(client)):
+            await self._subscribe(client)
+        self.status.connected = True
+        self.status.last_error = None
+        self._last_publish = time.monotonic()
+        log.info(
+            "source connected source=%s url=%s mode=%s nodes=%d failed=%d",
+            self.name,
+            self.config.url,
+            self.config.mode,
+            len(self._nodes),
+            len(self._failed),
+        )
+        now = time.time()
+        return [
+            Reading(self.name, tag, None, "bad", now, now, reason)
+            for tag, reason in self._failed.items()
+        ]
+
+    def _resolve(self, namespaces: list[str]) -> None:
+        self._nodes.clear()
+        self._failed.clear()
+        for tag in self.config.tags:
+            try:
+                self._nodes[tag.name] = tag.node.resolve(namespaces)
+            except NamespaceMissing as exc:
+                self._failed[tag.name] = str(exc)
+
+    async def _on_connection_lost(self, exc: Exception) -> None:
+        self._signal_lost(describe_error(exc))
+
+    def _signal_lost(self, reason: str) -> None:
+        if self._lost is None:
+            self._lost = reason
+        # When the queue is full the consumer still sees `_lost` after the batch it takes.
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait(_LOST)
+
+    # --- subscribe mode -------------------------------------------------------------------
+
+    def _subscription_parameters(self) -> ua.CreateSubscriptionParameters:
+        interval_ms = self.config.interval * 1000
+        keepalive = max(1, math.ceil(KEEPALIVE_SECONDS / self.config.interval))
+        # The server keeps the subscription this many intervals without a Publish request:
+        # long enough to take it over after a link loss of up to `session_timeout`.
+        lifetime = max(3 * keepalive, math.ceil(self.config.session_timeout / self.config.interval))
+        params = ua.CreateSubscriptionParameters()
+        params.RequestedPublishingInterval = interval_ms
+        params.RequestedMaxKeepAliveCount = keepalive
+        params.RequestedLifetimeCount = lifetime
+        params.MaxNotificationsPerPublish = 0
+        params.PublishingEnabled = True
+        params.Priority = 0
+        return params
+
+    async def _subscribe(self, client: Client) -> None:
+        result = await client.uaclient.create_subscription(
+            self._subscription_parameters(), self._on_publish
+        )
+        self._subscription_id = result.SubscriptionId
+        self._last_sequence = None
+        await self._create_items(client, list(self._nodes))
+
+    async def _create_items(self, client: Client, tags: list[str]) -> None:
+        handle_of = {tag: handle for handle, tag in self._handles.items()}
+        interval_ms = self.config.interval * 1000
+        for start in range(0, len(tags), ITEMS_PER_REQUEST):
+            chunk = tags[start : start + ITEMS_PER_REQUEST]
+            params = ua.CreateMonitoredItemsParameters()
+            params.SubscriptionId = self._subscription_id
+            params.TimestampsToReturn = ua.TimestampsToReturn.Both
+            params.ItemsToCreate = [
+                _item_request(self._nodes[tag], handle_of[tag], interval_ms, self.config.queue_size)
+                for tag in chunk
+            ]
+            results = await client.uaclient.create_monitored_items(params)
+            for tag, result in zip(chunk, results, strict=True):
+                if result.StatusCode.is_good():
+                    self._failed.pop(tag, None)
+                else:
+                    self._failed[tag] = result.StatusCode.name
+
+    async def _take_over(self, client: Client) -> bool:
+        """Transfer the old subscription and check that it really publishes to us.
+
+        Some servers accept TransferSubscriptions yet keep publishing to the dead session
+        (asyncua's own server up to 2.1 does): with SendInitialValues the first publish is
+        due within an interval, so waiting a little longer tells the two apart.
+        """
+        old_id = self._subscription_id
+        self._published.clear()
+        if not await self._transfer(client):
+            return False
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(3 * self.config.interval + 2.0):
+                await self._published.wait()
+                return True
+        log.warning(
+            "source=%s server accepted the subscription transfer but publishes nothing; "
+            "subscribing anew",
+            self.name,
+        )
+        client.uaclient.session._subscription_callbacks.pop(old_id or 0, None)
+        with contextlib.suppress(UaError, OSError, TimeoutError):
+            await client.uaclient.delete_subscriptions([old_id or 0])
+        return False
+
+    async def _transfer(self, client: Client) -> bool:
+        """Take over the subscription the previous session left on the server."""
+        if self._subscription_id is None:
+            return False
+        params = ua.TransferSubscriptionsParameters()
+        params.SubscriptionIds = [self._subscription_id]
+        params.SendInitialValues = True
+        try:
+            results = await client.uaclient.transfer_subscriptions(params)
+        except UaError as exc:
+            log.info("source=%s transfer refused (%s); subscribing anew", self.name, exc)
+            return False
+        if not results or not results[0].StatusCode.is_good():
+            status = results[0].StatusCode.name if results else "no result"
+            log.info("source=%s transfer refused (%s); subscribing anew", self.name, status)
+            return False
+        session = client.uaclient.session
+        missed = sorted(n for n in results[0].AvailableSequenceNumbers or [] if self._after(n))
+        for number in missed:
+            try:
+                message = await session.republish(self._subscription_id, number)
+            except UaError:
+                continue
+            self.republished += 1
+            await self._deliver(
+                ua.PublishResult(self._subscription_id, NotificationMessage=message)
+            )
+        # asyncua has no public call to attach a callback to a transferred subscription.
+        session._subscription_callbacks[self._subscription_id] = self._on_publish
+        session.ensure_publish_loop()
+        self.transfers += 1
+        log.info(
+            "source=%s took over subscription %d, republished %d messages",
+            self.name,
+            self._subscription_id,
+            len(missed),
+        )
+        # Tags that failed alone before are still failed; the retry picks them up.
+        return True
+
+    def _after(self, number: int) -> bool:
+        return self._last_sequence is None or number > self._last_sequence
+
+    async def _on_publish(self, result: ua.PublishResult) -> None:
+        """asyncua's publish loop calls this with each Publish response."""
+        self._last_publish = time.monotonic()
+        self._published.set()
+        await self._deliver(result)
+
+    async def _deliver(self, result: ua.PublishResult) -> None:
+        message = result.NotificationMessage
+        readings: list[Reading] = []
+        now = time.time()
+        handles = self._handles
+        name = self.name
+        for data in message.NotificationData or ():
+            if isinstance(data, ua.DataChangeNotification):
+                for item in data.MonitoredItems:
+                    tag = handles.get(item.ClientHandle)
+                    if tag is not None:
+                        readings.append(reading_of(name, tag, item.Value, now))
+            elif isinstance(data, ua.StatusChangeNotification):
+                self._signal_lost(f"subscription status {data.Status.name}")
+        if message.NotificationData:
+            self._last_sequence = message.SequenceNumber
+            self.status.reads += 1
+        if readings:
+            # Waiting here holds back asyncua's next Publish request: the server queues,
+            # nothing is dropped on our side.
+            await self._queue.put(readings)
+
+    # --- the loop between reconnects ------------------------------------------------------
+
+    async def _next_batch(self, client: Client) -> list[Reading]:
+        if self.config.mode == "poll":
+            return await self._poll(client)
+        next_retry = time.monotonic() + self.config.retry
+        while True:
+            if self._lost is not None:
+                raise SessionLost(self._lost)
+            try:
+                async with asyncio.timeout(1.0):
+                    batch = await self._queue.get()
+            except TimeoutError:
+                batch = None
+            if batch is not None:
+                return batch
+            now = time.monotonic()
+            if self._lost is None and now - self._last_publish > self._stale_after():
+                raise SessionLost("no publish response from the server")
+            if self._failed and now >= next_retry:
+                next_retry = now + self.config.retry
+                retried = await self._retry_failed(client)
+                if retried:
+                    return retried
+
+    def _stale_after(self) -> float:
+        keepalive = max(1, math.ceil(KEEPALIVE_SECONDS / self.config.interval))
+        return keepalive * self.config.interval * 1.5 + self.config.timeout
+
+    async def _retry_failed(self, client: Client) -> list[Reading]:
+        """Try the tags that failed alone again; readings for those that still fail."""
+        namespaces = await client.get_namespace_array()
+        retry = list(self._failed)
+        for tag_config in self.config.tags:
+            if tag_config.name in self._failed and tag_config.name not in self._nodes:
+                try:
+                    self._nodes[tag_config.name] = tag_config.node.resolve(namespaces)
+                except NamespaceMissing as exc:
+                    self._failed[tag_config.name] = str(exc)
+        ready = [tag for tag in retry if tag in self._nodes]
+        if self.config.mode == "subscribe" and ready:
+            await self._create_items(client, ready)
+        elif ready:
+            for tag in ready:
+                self._failed.pop(tag, None)
+        now = time.time()
+        return [
+            Reading(self.name, tag, None, "bad", now, now, self._failed[tag])
+            for tag in retry
+            if tag in self._failed
+        ]
+
+    # --- poll mode ------------------------------------------------------------------------
+
+    async def _poll(self, client: Client) -> list[Reading]:
+        interval = self.config.interval
+        now = time.monotonic()
+        due = getattr(self, "_next_poll", now)
+        if due > now:
+            await asyncio.sleep(due - now)
+        if self._lost is not None:
+            raise SessionLost(self._lost)
+        started = time.monotonic()
+        readings = await self._read_all(client)
+        self.status.polls += 1
+        self.status.last_latency = time.monotonic() - started
+        next_poll = due + interval
+        now = time.monotonic()
+        if next_poll < now:
+            missed = int((now - next_poll) // interval) + 1
+            self.status.overruns += missed
+            next_poll += missed * interval
+        self._next_poll = next_poll
+        return readings
+
+    async def _read_all(self, client: Client) -> list[Reading]:
+        tags = [tag for tag in self._tag_names if tag in self._nodes]
+        readings: list[Reading] = []
+        for start in range(0, len(tags), ITEMS_PER_REQUEST):
+            chunk = tags[start : start + ITEMS_PER_REQUEST]
+            params = ua.ReadParameters()
+            params.TimestampsToReturn = ua.TimestampsToReturn.Both
+            params.NodesToRead = [_read_value_id(self._nodes[tag]) for tag in chunk]
+            values = await client.uaclient.read(params)
+            self.status.reads += 1
+            now = time.time()
+            readings.extend(
+                reading_of(self.name, tag, value, now)
+                for tag, value in zip(chunk, values, strict=True)
+            )
+        now = time.time()
+        readings.extend(
+            Reading(self.name, tag, None, "bad", now, now, reason)
+            for tag, reason in self._failed.items()
+        )
+        return readings
+
+    # --- state ------------------------------------------------------------------------------
+
+    def _mark_down(self, reason: str) -> bool:
+        """Record a failure; True when it is news (state or reason changed)."""
+        news = self.status.connected or self.status.last_error != reason
+        if news:
+            log.warning("source down source=%s reason=%s", self.name, reason)
+        self.status.connected = False
+        self.status.errors += 1
+        self.status.last_error = reason
+        return news
+
+    def _all_bad(self, reason: str) -> list[Reading]:
+        now = time.time()
+        return [Reading(self.name, tag, None, "bad", now, now, reason) for tag in self._tag_names]
+
+
+def _read_value_id(node: ua.NodeId) -> ua.ReadValueId:
+    rv = ua.ReadValueId()
+    rv.NodeId = node
+    rv.AttributeId = AttributeIds.Value
+    return rv
+
+
+def _item_request(
+    node: ua.NodeId, handle: int, interval_ms: float, queue_size: int
+) -> ua.MonitoredItemCreateRequest:
+    params = ua.MonitoringParameters()
+    params.ClientHandle = handle
+    params.SamplingInterval = interval_ms
+    params.QueueSize = queue_size
+    params.DiscardOldest = True
+    request = ua.MonitoredItemCreateRequest()
+    request.ItemToMonitor = _read_value_id(node)
+    request.MonitoringMode = ua.MonitoringMode.Reporting
+    request.RequestedParameters = params
+    return request
