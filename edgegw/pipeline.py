@@ -8,6 +8,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from edgegw.config.model import GatewayConfig
 from edgegw.config.types import parse_deadband
 from edgegw.keys import telemetry_key
@@ -88,7 +90,14 @@ class TelemetryBuilder:
                 last_ts = reading.source_ts
                 ts_text = iso_utc(last_ts)
             trace = os.urandom(8).hex()
-            key = telemetry_key(self.gateway, reading.source, reading.tag, reading.source_ts)
+            key = telemetry_key(
+                self.gateway,
+                reading.source,
+                reading.tag,
+                reading.source_ts,
+                quality,
+                orjson.dumps(value).decode(),
+            )
             payload: dict[str, Any] = {
                 "schema": TELEMETRY_SCHEMA,
                 "id": key,

@@ -122,25 +122,30 @@ def test_envelope_matches_the_shipped_schema_and_design() -> None:
     assert payload["ts"] == "2023-11-14T22:13:20.250Z"
     assert payload["gw_ts"] == "2023-11-14T22:13:20.252Z"
     assert event.topic == "s1/a1/l1/press/temp"
-    assert event.id == payload["id"] == telemetry_key("gw1", "press", "temp", 1_700_000_000.25)
+    key = telemetry_key("gw1", "press", "temp", 1_700_000_000.25, "good", orjson_text(payload))
+    assert event.id == payload["id"] == key
     bad = builder().build([reading("temp", None, quality="bad", reason="x")])[0].payload
     jsonschema.validate(dict(bad, seq=2), schema)
 
 
 def test_keys_are_deterministic_and_distinct() -> None:
-    a = telemetry_key("gw1", "press", "temp", 1.000001)
-    assert a == telemetry_key("gw1", "press", "temp", 1.000001)
-    assert (
-        len(
-            {
-                a,
-                telemetry_key("gw2", "press", "temp", 1.000001),
-                telemetry_key("gw1", "press", "temp", 1.000002),
-                telemetry_key("gw1", "press", "flow", 1.000001),
-            }
-        )
-        == 4
-    )
+    a = telemetry_key("gw1", "press", "temp", 1.000001, "good", "7.5")
+    assert a == telemetry_key("gw1", "press", "temp", 1.000001, "good", "7.5")
+    others = {
+        telemetry_key("gw2", "press", "temp", 1.000001, "good", "7.5"),
+        telemetry_key("gw1", "press", "temp", 1.000002, "good", "7.5"),
+        telemetry_key("gw1", "press", "flow", 1.000001, "good", "7.5"),
+        # A server with coarse timestamps: another value at the same instant is another event.
+        telemetry_key("gw1", "press", "temp", 1.000001, "good", "7.6"),
+        telemetry_key("gw1", "press", "temp", 1.000001, "uncertain", "7.5"),
+    }
+    assert len({a, *others}) == 6
+
+
+def orjson_text(payload: dict[str, object]) -> str:
+    import orjson
+
+    return orjson.dumps(payload["value"]).decode()
 
 
 def test_iso_utc_milliseconds() -> None:
