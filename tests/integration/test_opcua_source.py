@@ -279,3 +279,20 @@ async def test_unsecured_config_against_a_secure_only_server_says_what_to_do(
         assert reading.reason is not None
         assert "offers no unsecured endpoint" in reading.reason
         assert "Basic256Sha256/SignAndEncrypt" in reading.reason
+
+
+async def test_a_password_is_never_sent_where_the_server_cannot_protect_it(
+    plc: OpcUaPlc, tmp_path: Path
+) -> None:
+    secret = tmp_path / "opc-password"
+    secret.write_text("s3cret\n")
+    tags = [{"name": "frozen", "node": f"{NSU}Filler.Frozen"}]
+    config = source_config(plc.url, tags, username="operator", password_file=str(secret))
+    async with collecting(config) as got:
+        await until(lambda: got.latest("frozen") is not None, 10, "a reading")
+        reading = got.latest("frozen")
+        assert reading is not None
+        assert reading.quality == "bad"
+        assert reading.reason is not None
+        assert "user name" in reading.reason or "unencrypted" in reading.reason
+        assert "s3cret" not in reading.reason

@@ -38,6 +38,7 @@ MODES = {
     "SignAndEncrypt": ua.MessageSecurityMode.SignAndEncrypt,
 }
 _CERT_SUFFIXES = (".der", ".pem", ".crt", ".cer")
+_NONE_URI = "http://opcfoundation.org/UA/SecurityPolicy#None"
 
 
 class ConnectError(EdgeGwError):
@@ -175,6 +176,8 @@ class SessionFactory:
             self._check_unsecured(endpoints)
         else:
             await self._secure(client, secured, endpoints)
+        if self._password is not None:
+            self._check_password_protected(endpoints, secured)
         if config.username is not None:
             client.set_user(config.username)
             if self._password is not None:
@@ -185,6 +188,33 @@ class SessionFactory:
             await close_quietly(client)
             raise
         return client
+
+    def _check_password_protected(
+        self, endpoints: list[ua.EndpointDescription], secured: OpcUaSecurity | None
+    ) -> None:
+        """Refuse to send the password where the server would receive it in clear text."""
+        if secured is not None and secured.mode == "SignAndEncrypt":
+            return
+        mode = ua.MessageSecurityMode.None_ if secured is None else MODES[secured.mode]
+        policy = _NONE_URI if secured is None else POLICIES[secured.policy].URI
+        offered = False
+        for endpoint in endpoints:
+            if endpoint.SecurityMode != mode or endpoint.SecurityPolicyUri != policy:
+                continue
+            for token in endpoint.UserIdentityTokens or []:
+                if token.TokenType != ua.UserTokenType.UserName:
+                    continue
+                offered = True
+                # An empty token policy means the endpoint's own policy encrypts the secret.
+                effective = token.SecurityPolicyUri or endpoint.SecurityPolicyUri
+                if effective and effective != _NONE_URI:
+                    return
+        if not offered:
+            raise ConnectError("the server accepts no user name and password on this endpoint")
+        raise ConnectError(
+            "the server would receive the password unencrypted on this endpoint; configure "
+            "'security:' with mode SignAndEncrypt"
+        )
 
     def _check_unsecured(self, endpoints: list[ua.EndpointDescription]) -> None:
         none = ua.MessageSecurityMode.None_
@@ -239,7 +269,8 @@ async def close_quietly(client: Client, *, grace: float = 2.0) -> None:
     except (Exception, asyncio.CancelledError) as exc:
         if isinstance(exc, asyncio.CancelledError) and _cancelling():
             raise
-        client.disconnect_socket()
+    finally:
+        _abort_socket(client)
 
 
 def _cancelling() -> bool:
@@ -257,4 +288,14 @@ def drop_transport(client: Client) -> None:
     publish = client.uaclient.session._publish_task
     if publish is not None:
         publish.cancel()
+    _abort_socket(client)
+
+
+def _abort_socket(client: Client) -> None:
+    # After asyncua's supervisor marked the client disconnected, disconnect_socket() is a
+    # no-op and the socket would stay open on the server: close the transport itself.
+    protocol = client.uaclient.protocol
+    transport = protocol.transport if protocol is not None else None
+    if transport is not None:
+        transport.abort()
     client.disconnect_socket()

@@ -36,6 +36,8 @@ def json_value(variant: ua.Variant | None) -> Value:
         # A float32 widened to double shows digits the PLC never had (72.5299987...).
         return shortest_float32(value)
     if isinstance(value, list):
+        if variant.VariantType == ua.VariantType.Float:
+            return [shortest_float32(item) if isinstance(item, float) else item for item in value]
         return [_plain(item) for item in value]
     plain: Value = _plain(value)
     return plain
