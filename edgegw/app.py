@@ -10,8 +10,8 @@ import signal
 from edgegw.config.model import GatewayConfig
 from edgegw.errors import OutboxError
 from edgegw.forwarder import Forwarder
-from edgegw.outbox import Outbox, PendingEvent
-from edgegw.pipeline import TelemetryBuilder
+from edgegw.outbox import Outbox
+from edgegw.pipeline import Pipeline
 from edgegw.reading import Reading
 from edgegw.sinks.mqtt import MqttSettings
 from edgegw.sources.base import Source
@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 INTAKE_QUEUE_BATCHES = 256
 COMMIT_MAX_EVENTS = 1000
+RELEASE_EVERY = 2.0  # seconds between looks for released quarantine records
 EXPIRE_EVERY = 60.0
 
 
@@ -59,7 +60,7 @@ class Gateway:
             window=config.mqtt.inflight,
             drain_grace=shutdown_grace,
         )
-        self.builder = TelemetryBuilder(config)
+        self.pipeline = Pipeline(config)
         self.sources: list[Source] = [build_source(source) for source in config.sources]
         self.intake: asyncio.Queue[list[Reading]] = asyncio.Queue(INTAKE_QUEUE_BATCHES)
         self.stop_requested = asyncio.Event()
@@ -134,15 +135,27 @@ class Gateway:
         """Build telemetry and commit it in groups: what arrives during a commit joins the next."""
         while True:
             batches = [await self.intake.get()]
-            events: list[PendingEvent] = self.builder.build(batches[0])
+            events, held = self.pipeline.process(batches[0])
             while len(events) < COMMIT_MAX_EVENTS and not self.intake.empty():
                 batch = self.intake.get_nowait()
                 batches.append(batch)
-                events.extend(self.builder.build(batch))
+                more, more_held = self.pipeline.process(batch)
+                events.extend(more)
+                held.extend(more_held)
+            for record in held:
+                log.warning(
+                    "quarantined kind=%s subject=%s rule=%s reason=%s id=%s trace=%s",
+                    record.kind,
+                    record.subject,
+                    record.rule,
+                    record.reason,
+                    record.key,
+                    record.trace,
+                )
             try:
                 while True:
                     try:
-                        self.committed += await self.outbox.append(events)
+                        self.committed += await self.outbox.append(events, held)
                         break
                     except OutboxError as exc:
                         # Intake stops (the queue fills, sources wait) instead of losing data.
@@ -153,10 +166,17 @@ class Gateway:
                     self.intake.task_done()
 
     async def _expire_forever(self) -> None:
+        ticks = 0
         while True:
-            await asyncio.sleep(EXPIRE_EVERY)
+            await asyncio.sleep(RELEASE_EVERY)
+            ticks += 1
             try:
-                await self.outbox.expire()
+                # Operators release quarantined events with the CLI, which only marks them:
+                # seq numbers are this process's to assign.
+                await self.outbox.move_released()
+                if ticks * RELEASE_EVERY >= EXPIRE_EVERY:
+                    ticks = 0
+                    await self.outbox.expire()
             except OutboxError as exc:
                 log.error("retention pass failed error=%s", exc)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import uuid
 
 TELEMETRY_NAMESPACE = uuid.UUID("6f0c2a1e-5b7d-5d2e-9a43-2f6e1c0b7a10")
+EVENT_NAMESPACE = uuid.UUID("3c9a7f52-8d4e-5b61-9f2a-7e0d4c1b8a93")
 
 
 def telemetry_key(
@@ -20,3 +21,11 @@ def telemetry_key(
     micros = round(source_ts * 1_000_000)
     name = f"{gateway}\x1f{source}\x1f{tag}\x1f{micros}\x1f{quality}\x1f{value_json}"
     return str(uuid.uuid5(TELEMETRY_NAMESPACE, name))
+
+
+def event_key(gateway: str, event_type: str, key: list[tuple[str, str]]) -> str:
+    """UUIDv5(EVENT_NAMESPACE, gateway␟type␟field=VALUE␟…) over the business key fields in
+    the order of the config's `key:`, VALUE as compact JSON. No clock in it: the same batch
+    detected again, even after a restart, gets the same id."""
+    parts = [gateway, event_type, *(f"{name}={value_json}" for name, value_json in key)]
+    return str(uuid.uuid5(EVENT_NAMESPACE, "\x1f".join(parts)))

@@ -25,10 +25,11 @@ import aiosqlite
 import orjson
 
 from edgegw.errors import OutboxError
+from edgegw.quarantine import QuarantineRecord
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
     seq     INTEGER PRIMARY KEY,      -- per-gateway sequence, assigned at commit
@@ -44,7 +45,32 @@ CREATE TABLE IF NOT EXISTS meta (
     value INTEGER NOT NULL
 );
 INSERT OR IGNORE INTO meta(name, value) VALUES ('last_seq', 0), ('dropped', 0);
+-- Version 2: business events and contracts.
+CREATE TABLE IF NOT EXISTS event_keys (  -- every event id ever committed, kept for max_age:
+    id      TEXT PRIMARY KEY,            -- an event detected again (e.g. after a restart)
+    created REAL NOT NULL                -- is refused even after its row was delivered
+);
+CREATE TABLE IF NOT EXISTS quarantine (
+    qid      INTEGER PRIMARY KEY AUTOINCREMENT,
+    id       TEXT NOT NULL UNIQUE,       -- the id the message would have had
+    kind     TEXT NOT NULL,              -- telemetry | event
+    subject  TEXT NOT NULL,              -- source.tag or event type
+    rule     TEXT NOT NULL,              -- range | values | sequence | contract
+    value    BLOB NOT NULL,              -- the offending value, JSON
+    reason   TEXT NOT NULL,
+    topic    TEXT NOT NULL,
+    payload  BLOB,                       -- the event message, for release (events only)
+    trace    TEXT NOT NULL,
+    ts       REAL NOT NULL,              -- source timestamp
+    created  REAL NOT NULL,
+    released REAL                        -- set by `edgegw quarantine release`; the gateway
+);                                       -- then moves the event into the outbox
 """
+_INSERT_QUARANTINE = (
+    "INSERT OR IGNORE INTO quarantine(id, kind, subject, rule, value, reason, topic, payload, "
+    "trace, ts, created) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+)
+EVENT_SCHEMA_PREFIX = "edgegw.event/"
 _INSERT = (
     "INSERT INTO outbox(seq, id, schema, topic, payload, trace, created) VALUES (?,?,?,?,?,?,?)"
 )
@@ -117,6 +143,7 @@ class Outbox:
         self.depth = 0
         self.dropped = 0
         self.duplicates = 0
+        self.known_events = 0  # business events refused because already committed once
         self._next_seq = 1
         self._db: aiosqlite.Connection | None = None
         # One connection, and SQLite transactions must not interleave across awaits.
@@ -188,9 +215,12 @@ class Outbox:
     def last_seq(self) -> int:
         return self._next_seq - 1
 
-    async def append(self, events: Sequence[PendingEvent]) -> int:
-        """Commit events in one transaction; returns how many were new (not duplicate keys)."""
-        if not events:
+    async def append(
+        self, events: Sequence[PendingEvent], quarantine: Sequence[QuarantineRecord] = ()
+    ) -> int:
+        """Commit events (and quarantine records) in one transaction; returns how many events
+        were new (not duplicate keys, not business events committed before)."""
+        if not events and not quarantine:
             return 0
         unique: dict[str, PendingEvent] = {}
         for event in events:
@@ -199,8 +229,13 @@ class Outbox:
         async with self._lock:
             batch = list(unique.values())
             try:
+                if any(e.schema.startswith(EVENT_SCHEMA_PREFIX) for e in batch):
+                    batch = await self._without_known_event_keys(batch)
                 rows = self._number(batch)
                 await self.db.executemany(_INSERT, rows)
+                await self._record_event_keys(batch)
+                if quarantine:
+                    await self.db.executemany(_INSERT_QUARANTINE, _quarantine_rows(quarantine))
                 await self.db.commit()
             except sqlite3.IntegrityError:
                 # A key already in the outbox: drop those and number the rest again, so that
@@ -212,6 +247,9 @@ class Outbox:
                 rows = self._number(batch)
                 try:
                     await self.db.executemany(_INSERT, rows)
+                    await self._record_event_keys(batch)
+                    if quarantine:
+                        await self.db.executemany(_INSERT_QUARANTINE, _quarantine_rows(quarantine))
                     await self.db.commit()
                 except sqlite3.DatabaseError as exc:
                     await self._rollback_quietly()
@@ -225,6 +263,58 @@ class Outbox:
                 await self._drop_oldest(self.depth - self.max_rows, "max_rows")
         self.appended.set()
         return len(batch)
+
+    async def _without_known_event_keys(self, batch: list[PendingEvent]) -> list[PendingEvent]:
+        ids = [e.id for e in batch if e.schema.startswith(EVENT_SCHEMA_PREFIX)]
+        marks = ",".join("?" * len(ids))
+        rows = await _fetch(self.db, f"SELECT id FROM event_keys WHERE id IN ({marks})", ids)
+        known = {row[0] for row in rows}
+        if not known:
+            return batch
+        self.duplicates += len(known)
+        self.known_events += len(known)
+        log.info("business events detected again, not sent twice count=%d", len(known))
+        return [e for e in batch if e.id not in known]
+
+    async def _record_event_keys(self, batch: list[PendingEvent]) -> None:
+        keys = [(e.id, e.created) for e in batch if e.schema.startswith(EVENT_SCHEMA_PREFIX)]
+        if keys:
+            await self.db.executemany(
+                "INSERT OR IGNORE INTO event_keys(id, created) VALUES (?, ?)", keys
+            )
+
+    async def move_released(self) -> int:
+        """Append the events an operator released from quarantine; returns how many."""
+        async with self._lock:
+            rows = await _fetch(
+                self.db,
+                "SELECT qid, id, topic, payload, trace FROM quarantine "
+                "WHERE released IS NOT NULL AND payload IS NOT NULL ORDER BY qid LIMIT 1000",
+            )
+        if not rows:
+            return 0
+        events = [
+            PendingEvent(
+                key, _event_schema(payload), topic, orjson.loads(payload), trace, time.time()
+            )
+            for _qid, key, topic, payload, trace in rows
+        ]
+        # Released means "publish it anyway": a key already sent is not blocked by itself.
+        async with self._lock:
+            marks = ",".join("?" * len(rows))
+            await self.db.execute(
+                f"DELETE FROM event_keys WHERE id IN ({marks})", [row[1] for row in rows]
+            )
+            await self.db.commit()
+        appended = await self.append(events)
+        async with self._lock:
+            await self.db.execute(
+                f"DELETE FROM quarantine WHERE qid IN ({marks})", [row[0] for row in rows]
+            )
+            await self.db.commit()
+        for _qid, key, _topic, _payload, trace in rows:
+            log.warning("audit: released event from quarantine id=%s trace=%s", key, trace)
+        return appended
 
     def _number(self, batch: list[PendingEvent]) -> list[tuple[Any, ...]]:
         seq = self._next_seq
@@ -296,6 +386,9 @@ class Outbox:
         cutoff = (time.time() if now is None else now) - self.max_age
         dropped = 0
         async with self._lock:
+            # Remembered event ids age out with the same limit (not data, so not counted).
+            await self.db.execute("DELETE FROM event_keys WHERE created < ?", (cutoff,))
+            await self.db.commit()
             while True:
                 rows = await _fetch(
                     self.db, "SELECT seq, created FROM outbox ORDER BY seq LIMIT 1000"
@@ -337,6 +430,31 @@ class Outbox:
             why,
         )
         return count
+
+
+def _quarantine_rows(records: Sequence[QuarantineRecord]) -> list[tuple[Any, ...]]:
+    dumps = orjson.dumps
+    return [
+        (
+            r.key,
+            r.kind,
+            r.subject,
+            r.rule,
+            dumps(r.value, default=str),
+            r.reason,
+            r.topic,
+            None if r.payload is None else dumps(r.payload),
+            r.trace,
+            r.ts,
+            r.created,
+        )
+        for r in records
+    ]
+
+
+def _event_schema(payload: bytes) -> str:
+    schema = orjson.loads(payload).get("schema")
+    return schema if isinstance(schema, str) else "edgegw.event/1"
 
 
 def _prepare_directory(path: str) -> None:

@@ -12,18 +12,15 @@ import orjson
 
 from edgegw.config.model import GatewayConfig
 from edgegw.config.types import parse_deadband
+from edgegw.events.detector import EventDetector
 from edgegw.keys import telemetry_key
 from edgegw.outbox import PendingEvent
+from edgegw.quarantine import QuarantineRecord
 from edgegw.reading import Reading, Value
+from edgegw.rules import TagRules, Violation
+from edgegw.timefmt import iso_utc
 
 TELEMETRY_SCHEMA = "edgegw.telemetry/1"
-
-
-def iso_utc(ts: float) -> str:
-    """'2026-11-29T05:37:14.123Z' (milliseconds, UTC)."""
-    seconds = int(ts)
-    millis = int((ts - seconds) * 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
 
 
 @dataclass(slots=True)
@@ -66,6 +63,9 @@ class TelemetryBuilder:
                     heartbeat=tag.heartbeat if tag.heartbeat is not None else source.heartbeat,
                 )
         self.suppressed = 0  # readings not published: unchanged within deadband
+
+    def topic_of(self, source: str, tag: str) -> str:
+        return self._tags[(source, tag)].topic
 
     def build(self, readings: list[Reading]) -> list[PendingEvent]:
         events: list[PendingEvent] = []
@@ -138,3 +138,48 @@ class TelemetryBuilder:
             return True
         band = abs(last) * state.deadband / 100.0 if state.deadband_percent else state.deadband
         return abs(value - last) > band
+
+
+class Pipeline:
+    """Readings in; telemetry and business events for the outbox, violations for quarantine."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.gateway = config.gateway.id
+        self.rules = TagRules(config)
+        self.telemetry = TelemetryBuilder(config)
+        self.events = EventDetector(config)
+        self.quarantined = 0  # telemetry values and events held back, since start
+
+    def process(self, readings: list[Reading]) -> tuple[list[PendingEvent], list[QuarantineRecord]]:
+        checked, violations = self.rules.apply(readings)
+        out = self.telemetry.build(checked)
+        records = [self._record(violation) for violation in violations]
+        events, held = self.events.process(checked)
+        out.extend(events)
+        records.extend(held)
+        self.quarantined += len(records)
+        return out, records
+
+    def _record(self, violation: Violation) -> QuarantineRecord:
+        reading = violation.reading
+        key = telemetry_key(
+            self.gateway,
+            reading.source,
+            reading.tag,
+            reading.source_ts,
+            "good",
+            orjson.dumps(reading.value).decode(),
+        )
+        return QuarantineRecord(
+            key=key,
+            kind="telemetry",
+            subject=f"{reading.source}.{reading.tag}",
+            rule=violation.rule,
+            value=reading.value,
+            reason=violation.reason,
+            topic=self.telemetry.topic_of(reading.source, reading.tag),
+            payload=None,
+            trace=os.urandom(8).hex(),
+            ts=reading.source_ts,
+            created=time.time(),
+        )

@@ -10,6 +10,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from edgegw.config.crossrefs import reference_issues
 from edgegw.config.diagnostics import format_issue, loc_to_path, validate_document, with_summary
 from edgegw.config.envsubst import expand_env
 from edgegw.config.model import GatewayConfig
@@ -37,9 +38,10 @@ def load_config(
         issues = [line for line in exc.issues if not _is_summary(line)] + duplicates
         issues.sort(key=lambda issue: _position(doc.path, issue))
         raise ConfigError(with_summary(issues)) from None
-    if duplicates:
-        duplicates.sort(key=lambda issue: _position(doc.path, issue))
-        raise ConfigError(with_summary(duplicates))
+    problems = duplicates + reference_issues(doc, config)
+    if problems:
+        problems.sort(key=lambda issue: _position(doc.path, issue))
+        raise ConfigError(with_summary(problems))
     return config
 
 

@@ -9,10 +9,12 @@ from urllib.parse import urlsplit
 from pydantic import Field, PlainValidator, WithJsonSchema, model_validator
 
 from edgegw.config.types import Duration, Name, StrictModel, check_url_port
+from edgegw.events.config import EventConfig, SequenceConfig
 from edgegw.sources.modbus.config import ModbusSourceConfig
 from edgegw.sources.opcua.config import OpcUaSourceConfig
 
 TOPIC_PLACEHOLDERS = ("site", "area", "line", "gateway", "source", "tag")
+EVENT_TOPIC_PLACEHOLDERS = ("site", "area", "line", "gateway", "type")
 STATUS_PLACEHOLDERS = ("site", "area", "line", "gateway")
 
 SourceConfig = Annotated[ModbusSourceConfig | OpcUaSourceConfig, Field(discriminator="protocol")]
@@ -88,6 +90,14 @@ class MqttSection(StrictModel):
         default="{site}/{area}/{line}/{gateway}/status",
         description="Retained 'online' on connect, 'offline' as last will.",
     )
+    event_topic: str = Field(
+        default="{site}/{area}/{line}/events/{type}",
+        description="Business events; placeholders: site area line gateway type.",
+    )
+    schema_topic: str = Field(
+        default="{site}/{area}/{line}/schemas/{type}",
+        description="Retained JSON Schema of each message type, published at connect.",
+    )
     keepalive: Duration = Field(default=30.0)
     connect_timeout: Duration = Field(default=10.0)
     inflight: int = Field(
@@ -98,6 +108,8 @@ class MqttSection(StrictModel):
     def _check_topics(self) -> MqttSection:
         check_template(self.topic, TOPIC_PLACEHOLDERS, "topic")
         check_template(self.status_topic, STATUS_PLACEHOLDERS, "status_topic")
+        check_template(self.event_topic, EVENT_TOPIC_PLACEHOLDERS, "event_topic")
+        check_template(self.schema_topic, EVENT_TOPIC_PLACEHOLDERS, "schema_topic")
         if self.keepalive < 1:
             raise ValueError("keepalive must be at least 1s")
         return self
@@ -133,12 +145,27 @@ class GatewayConfig(StrictModel):
     mqtt: MqttSection = Field(default_factory=MqttSection)
     outbox: OutboxSection = Field(default_factory=OutboxSection)
     sources: list[SourceConfig] = Field(min_length=1)
+    events: list[EventConfig] = Field(
+        default_factory=list, description="Business events derived from tag changes."
+    )
+    sequences: list[SequenceConfig] = Field(
+        default_factory=list, description="Allowed transitions of status tags."
+    )
 
     @model_validator(mode="after")
     def _check_placeholders_defined(self) -> GatewayConfig:
         for template, what in (
             (self.mqtt.topic, "mqtt.topic"),
             (self.mqtt.status_topic, "mqtt.status_topic"),
+            *(
+                # Only used when there are events: a telemetry-only config need not set site.
+                [
+                    (self.mqtt.event_topic, "mqtt.event_topic"),
+                    (self.mqtt.schema_topic, "mqtt.schema_topic"),
+                ]
+                if self.events
+                else []
+            ),
         ):
             for level in ("site", "area", "line"):
                 if "{" + level + "}" in template and getattr(self.gateway, level) is None:

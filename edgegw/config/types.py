@@ -5,7 +5,15 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, WithJsonSchema
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    WithJsonSchema,
+    model_validator,
+)
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -121,3 +129,17 @@ class TagBase(StrictModel):
         default=None, description="Publish an unchanged value again after this long."
     )
     description: str | None = None
+    values: dict[int | bool | str, Name] | None = Field(
+        default=None,
+        min_length=1,
+        description="Raw value -> name, e.g. {0: idle, 1: running}; the name is published and "
+        "a raw value not listed is a contract violation.",
+    )
+    min: float | None = Field(default=None, description="Lowest valid value (contract).")
+    max: float | None = Field(default=None, description="Highest valid value (contract).")
+
+    @model_validator(mode="after")
+    def _check_contract(self) -> TagBase:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"'min' ({self.min:g}) is above 'max' ({self.max:g})")
+        return self

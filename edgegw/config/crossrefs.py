@@ -1,0 +1,80 @@
+"""Checks across sections: events and sequences name tags that exist, with values they have."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edgegw.config.diagnostics import did_you_mean, format_issue, loc_to_path
+from edgegw.config.model import GatewayConfig
+from edgegw.config.yamlpos import YamlDocument
+
+Loc = tuple[str | int, ...]
+
+
+def reference_issues(doc: YamlDocument, config: GatewayConfig) -> list[str]:
+    tags: dict[str, Any] = {
+        f"{source.name}.{tag.name}": tag for source in config.sources for tag in source.tags
+    }
+    issues: list[str] = []
+
+    def report(loc: Loc, message: str) -> None:
+        issues.append(format_issue(doc.path, doc.value_marks.get(loc), loc_to_path(loc), message))
+
+    def unknown(ref: str) -> str:
+        guess = did_you_mean(ref, tags)
+        hint = f"; did you mean '{guess}'?" if guess else " (write source.tag of a configured tag)"
+        return f"no tag '{ref}'{hint}"
+
+    def check_value(loc: Loc, ref: str, value: Any, what: str) -> None:
+        names = _names(tags.get(ref))
+        if names is not None and value not in names:
+            guess = did_you_mean(str(value), names) if isinstance(value, str) else None
+            hint = f"; did you mean '{guess}'?" if guess else ""
+            report(loc, f"{what} '{value}' is not a value of {ref} ({', '.join(names)}){hint}")
+
+    seen_types: dict[str, int] = {}
+    for index, event in enumerate(config.events):
+        base: Loc = ("events", index)
+        if event.type in seen_types:
+            report((*base, "type"), f"event type '{event.type}' is declared twice")
+        seen_types.setdefault(event.type, index)
+        trigger = event.trigger
+        watched = trigger.watched
+        if watched is not None:
+            key = trigger.kind if isinstance(getattr(trigger, trigger.kind), str) else "tag"
+            if trigger.kind == "changes_to":
+                key = "tag"
+            if watched not in tags:
+                report((*base, "trigger", key), unknown(watched))
+            elif trigger.kind == "changes_to":
+                check_value(
+                    (*base, "trigger", "changes_to"), watched, trigger.changes_to, "changes_to"
+                )
+        condition = trigger.condition
+        if condition is not None:
+            for ref in condition.tags:
+                if ref not in tags:
+                    report((*base, "trigger", "when"), unknown(ref))
+        for name, ref in event.fields.items():
+            if "." in ref and not ref.startswith("gateway.") and ref not in tags:
+                report((*base, "fields", name), unknown(ref))
+
+    seen_tags: set[str] = set()
+    for index, sequence in enumerate(config.sequences):
+        base = ("sequences", index)
+        if sequence.tag in seen_tags:
+            report((*base, "tag"), f"a sequence for {sequence.tag} is declared twice")
+        seen_tags.add(sequence.tag)
+        if sequence.tag not in tags:
+            report((*base, "tag"), unknown(sequence.tag))
+            continue
+        for state, targets in sequence.transitions.items():
+            check_value((*base, "transitions"), sequence.tag, state, "state")
+            for target in targets:
+                check_value((*base, "transitions", state), sequence.tag, target, "state")
+    return issues
+
+
+def _names(tag: Any) -> list[str] | None:
+    values = getattr(tag, "values", None)
+    return list(values.values()) if values else None

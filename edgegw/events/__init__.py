@@ -1,0 +1,1 @@
+"""Business events: declared triggers, fields captured at the trigger, contracts, keys."""

@@ -1,0 +1,92 @@
+"""Golden cases: config + PLC script -> business events and quarantine rows (tests/events)."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import yaml
+
+from edgegw.config.loader import load_config
+from edgegw.outbox import Outbox
+from edgegw.pipeline import Pipeline
+from edgegw.reading import Reading
+
+CASES = sorted(p for p in (Path(__file__).parent.parent / "events").iterdir() if p.is_dir())
+EPOCH = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+
+
+def readings_of(step: dict[str, Any]) -> list[Reading]:
+    at = EPOCH + float(step.get("at", 0))
+    out = []
+    for ref, value in step.items():
+        if ref == "at":
+            continue
+        source, tag = ref.split(".", 1)
+        if isinstance(value, dict) and "bad" in value:
+            out.append(Reading(source, tag, None, "bad", at, at, str(value["bad"])))
+        else:
+            out.append(Reading(source, tag, value, "good", at, at))
+    return out
+
+
+async def run_case(case: Path, state: Path) -> dict[str, Any]:
+    config = load_config(case / "config.yaml")
+    script = yaml.safe_load((case / "script.yaml").read_text())
+    path = str(state / "outbox.sqlite3")
+    outbox = Outbox(path)
+    await outbox.open()
+    pipeline = Pipeline(config)
+    bad: list[dict[str, Any]] = []
+    try:
+        for step in script:
+            if step == "restart":
+                await outbox.close()
+                outbox = Outbox(path)
+                await outbox.open()
+                pipeline = Pipeline(config)
+                continue
+            events, held = pipeline.process(readings_of(step))
+            bad.extend(
+                {"tag": f"{e.payload['source']}.{e.payload['tag']}", "reason": e.payload["reason"]}
+                for e in events
+                if e.payload.get("quality") == "bad"
+            )
+            await outbox.append(events, held)
+    finally:
+        await outbox.close()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        events = [
+            orjson.loads(row[0])
+            for row in db.execute(
+                "SELECT payload FROM outbox WHERE schema = 'edgegw.event/1' ORDER BY seq"
+            )
+        ]
+        quarantine = [
+            {"kind": k, "subject": s, "rule": r, "reason": why}
+            for k, s, r, why in db.execute(
+                "SELECT kind, subject, rule, reason FROM quarantine ORDER BY qid"
+            )
+        ]
+    return {
+        "events": [{"type": e["type"], "key": e["key"], "data": e["data"]} for e in events],
+        "ids": [e["id"] for e in events],
+        "quarantine": quarantine,
+        "bad": bad,
+    }
+
+
+@pytest.mark.parametrize("case", CASES, ids=[p.name for p in CASES])
+async def test_event_case(case: Path, tmp_path: Path) -> None:
+    expected = yaml.safe_load((case / "expected.yaml").read_text())
+    got = await run_case(case, tmp_path)
+    shown = yaml.safe_dump({k: got[k] for k in ("events", "quarantine", "bad")}, sort_keys=False)
+    assert got["events"] == expected.get("events", []), shown
+    assert got["quarantine"] == expected.get("quarantine", []), shown
+    if "bad" in expected:
+        assert got["bad"] == expected["bad"], shown
+    assert len(set(got["ids"])) == len(got["ids"]), "one row per event id"
