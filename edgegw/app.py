@@ -9,6 +9,7 @@ import signal
 
 from edgegw.config.model import GatewayConfig
 from edgegw.errors import OutboxError
+from edgegw.events.schemas import announcements
 from edgegw.forwarder import Forwarder
 from edgegw.outbox import Outbox
 from edgegw.pipeline import Pipeline
@@ -59,6 +60,7 @@ class Gateway:
             qos=config.mqtt.qos,
             window=config.mqtt.inflight,
             drain_grace=shutdown_grace,
+            announcements=announcements(config),
         )
         self.pipeline = Pipeline(config)
         self.sources: list[Source] = [build_source(source) for source in config.sources]

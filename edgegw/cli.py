@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import orjson
 
@@ -87,12 +88,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the demo keeps its outbox (default: a temporary directory)",
     )
 
-    commands.add_parser(
+    schema = commands.add_parser(
         "schema",
-        help="print the JSON Schema of the config file",
+        help="print the JSON Schema of the config file, or of the messages",
         description="Print the JSON Schema of the config file, for editor completion "
-        "(e.g. with the YAML language server: # yaml-language-server: $schema=edgegw.json).",
+        "(e.g. with the YAML language server: # yaml-language-server: $schema=edgegw.json). "
+        "With --events -c FILE: the schemas of the messages instead (telemetry and event "
+        "envelopes, and one per event type of that config), as the gateway publishes them.",
     )
+    schema.add_argument(
+        "--events", action="store_true", help="the message schemas of a config (needs -c)"
+    )
+    schema.add_argument("-c", "--config", metavar="FILE", help="the config, with --events")
 
     outbox = commands.add_parser(
         "outbox", help="inspect the outbox", description="Inspect the outbox of a gateway."
@@ -106,6 +113,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config(stats)
     stats.add_argument("--json", action="store_true", help="print one JSON object")
+
+    quarantine = commands.add_parser(
+        "quarantine",
+        help="list, release or drop what failed a contract",
+        description="List the records held in quarantine (values and events that broke a "
+        "contract, with rule and reason), release a held event so it is published after all, "
+        "or drop a record. Every release and drop is logged as an audit line. Safe while the "
+        "gateway runs.",
+    )
+    quarantine.add_argument(
+        "action",
+        nargs="?",
+        default="list",
+        choices=["list", "release", "drop"],
+        help="list (default), release ID, drop ID",
+    )
+    quarantine.add_argument("id", nargs="?", help="record number (#) or message id")
+    _add_config(quarantine)
+    quarantine.add_argument("--json", action="store_true", help="one JSON object per line")
+    quarantine.add_argument(
+        "--since", metavar="WHEN", help="only records since a duration ago (2h) or an ISO time"
+    )
 
     browse = commands.add_parser(
         "browse",
@@ -160,12 +189,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # `quarantine release -c FILE 12`: argparse fills both optional positionals before the
+    # options, so the record id after -c comes back unparsed; take it here.
+    if args.command == "quarantine" and args.id is None and len(extra) == 1:
+        args.id = extra.pop()
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     from edgegw.logs import setup_logging
 
     setup_logging(args.log_level, {"auto": None, "text": False, "json": True}[args.log_format])
     try:
         if args.command == "schema":
+            if args.events:
+                if args.config is None:
+                    raise EdgeGwError("schema --events needs -c FILE")
+                return _message_schemas(_load(args.config))
             return _schema()
         if args.command == "demo":
             from edgegw.demo import run_demo
@@ -189,6 +229,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "outbox":
             return _outbox_stats(config.outbox_path, as_json=args.json)
+        if args.command == "quarantine":
+            return _quarantine(args, config.outbox_path)
     except ConfigError as exc:
         print("\n".join(exc.issues), file=sys.stderr)
         return EX_CONFIG
@@ -198,6 +240,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     raise AssertionError(f"unhandled command {args.command}")
+
+
+def _quarantine(args: argparse.Namespace, path: str) -> int:
+    from edgegw import quarantine_cli
+
+    if args.action == "list":
+        return quarantine_cli.list_records(path, since=args.since, as_json=args.json)
+    if args.id is None:
+        raise EdgeGwError(f"quarantine {args.action} needs the record's number or id")
+    if args.action == "release":
+        return quarantine_cli.release(path, args.id)
+    return quarantine_cli.drop(path, args.id)
 
 
 def _pki_create(args: argparse.Namespace) -> int:
@@ -234,6 +288,13 @@ def _schema() -> int:
     return 0
 
 
+def _message_schemas(config: Any) -> int:
+    from edgegw.events.schemas import all_schemas
+
+    sys.stdout.write(orjson.dumps(all_schemas(config), option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 0
+
+
 def _outbox_stats(path: str, *, as_json: bool) -> int:
     from edgegw.outbox import read_stats
 
@@ -247,6 +308,7 @@ def _outbox_stats(path: str, *, as_json: bool) -> int:
     print(f"seq         first {stats['first_seq']}, last assigned {stats['last_seq']}")
     print(f"oldest      {'-' if age is None else f'{age:.1f} s ago'}")
     print(f"dropped     {stats['dropped']} events by retention")
+    print(f"quarantine  {stats['quarantined']} records (edgegw quarantine -c FILE)")
     print(f"file        {stats['file_bytes']} bytes")
     return 0
 

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from edgegw.backoff import Backoff
@@ -45,8 +46,10 @@ class Forwarder:
         qos: int,
         window: int,
         drain_grace: float = 5.0,
+        announcements: Sequence[tuple[str, bytes]] = (),
     ) -> None:
         self.outbox = outbox
+        self.announcements = list(announcements)  # (topic, payload) retained at each connect
         self.settings = settings
         self.qos = qos
         self.window = window
@@ -80,6 +83,7 @@ class Forwarder:
                 self.status.broker_up = True
                 self.status.connects += 1
                 log.info("broker connected url=%s:%d", self.settings.host, self.settings.port)
+                self._announce(client)
                 reason = await self._pump(client, stop)
                 if reason is not None:
                     self._set_down(reason)
@@ -156,6 +160,15 @@ class Forwarder:
             if not lost.done():
                 lost.cancel()
             self._in_flight.clear()
+
+    def _announce(self, client: MqttClient) -> None:
+        """Publish the retained schema messages; their acks carry negative tokens (ignored)."""
+        for index, (topic, payload) in enumerate(self.announcements):
+            try:
+                client.publish(topic, payload, qos=1, token=-1 - index, retain=True)
+            except SinkError as exc:
+                log.warning("cannot publish a schema topic=%s error=%s", topic, exc)
+                return
 
     def _publish(self, client: MqttClient, ready: deque[StoredEvent], count: int) -> None:
         in_flight = self._in_flight

@@ -109,6 +109,7 @@ class OutboxStats:
     oldest_created: float | None
     dropped: int
     file_bytes: int
+    quarantined: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         oldest_age = (
@@ -122,6 +123,7 @@ class OutboxStats:
             "oldest_age_seconds": oldest_age,
             "dropped": self.dropped,
             "file_bytes": self.file_bytes,
+            "quarantined": self.quarantined,
         }
 
 
@@ -483,6 +485,12 @@ def read_stats(path: str) -> OutboxStats:
                 "(SELECT created FROM outbox ORDER BY seq LIMIT 1) FROM outbox"
             ).fetchone()
             meta = dict(db.execute("SELECT name, value FROM meta").fetchall())
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            quarantined = (
+                db.execute("SELECT count(*) FROM quarantine").fetchone()[0]
+                if "quarantine" in tables
+                else 0
+            )
         finally:
             db.close()
     except sqlite3.DatabaseError as exc:
@@ -496,4 +504,5 @@ def read_stats(path: str) -> OutboxStats:
         oldest_created=oldest,
         dropped=int(meta.get("dropped", 0)),
         file_bytes=size,
+        quarantined=int(quarantined),
     )

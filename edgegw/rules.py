@@ -28,6 +28,8 @@ class _TagRule:
     maximum: float | None
     transitions: dict[str, list[str]] | None
     last_state: str | None = field(default=None)
+    # The violation last quarantined: a value that stays wrong for many polls is one record.
+    last_violation: tuple[str, str] | None = field(default=None)
 
 
 class TagRules:
@@ -60,10 +62,13 @@ class TagRules:
                 continue
             value, problem = _check(rule, reading.value)
             if problem is None:
+                rule.last_violation = None
                 out.append(reading if value is reading.value else _with_value(reading, value))
                 continue
             name, reason = problem
-            violations.append(Violation(reading, name, reason))
+            if problem != rule.last_violation:
+                rule.last_violation = problem
+                violations.append(Violation(reading, name, reason))
             out.append(
                 Reading(
                     reading.source,

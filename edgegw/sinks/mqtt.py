@@ -602,6 +602,7 @@ class MqttClient:
         token: int,
         user_properties: Sequence[tuple[str, str]] = (),
         content_type: str | None = "application/json",
+        retain: bool = False,
     ) -> None:
         """Hand one message to the socket; `on_ack(token, rc)` follows. SinkError if not
         connected or too many outstanding. A topic with wildcards raises ValueError (a bug:
@@ -618,7 +619,7 @@ class MqttClient:
         props: Properties | None = None
         if link.v5 and (user_properties or content_type is not None):
             props = _PackedProperties(pack_publish_properties(user_properties, content_type))
-        info = link.paho.publish(topic, payload, qos, False, props)
+        info = link.paho.publish(topic, payload, qos, retain, props)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
                 raise SinkError(

@@ -7,11 +7,13 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import orjson
 import pytest
 import yaml
 
 from edgegw.config.loader import load_config
+from edgegw.events.schemas import all_schemas
 from edgegw.outbox import Outbox
 from edgegw.pipeline import Pipeline
 from edgegw.reading import Reading
@@ -72,6 +74,9 @@ async def run_case(case: Path, state: Path) -> dict[str, Any]:
                 "SELECT kind, subject, rule, reason FROM quarantine ORDER BY qid"
             )
         ]
+    schemas = all_schemas(config)
+    for event in events:
+        jsonschema.validate(event, schemas[event["type"]])
     return {
         "events": [{"type": e["type"], "key": e["key"], "data": e["data"]} for e in events],
         "ids": [e["id"] for e in events],

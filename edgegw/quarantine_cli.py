@@ -1,0 +1,161 @@
+"""`edgegw quarantine`: list held records, release an event, drop a record; every action audited.
+
+The command works on the outbox file while the gateway runs (SQLite WAL): it only reads,
+marks a record released, or deletes one. Moving a released event into the outbox is left to
+the gateway, which alone assigns `seq` numbers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import getpass
+import logging
+import os
+import sqlite3
+import sys
+import time
+from typing import Any
+
+import orjson
+
+from edgegw.config.types import parse_duration
+from edgegw.errors import EdgeGwError
+from edgegw.timefmt import iso_utc
+
+log = logging.getLogger("edgegw.audit")
+
+_COLUMNS = "qid, id, kind, subject, rule, value, reason, ts, created, released"
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    if not os.path.exists(path):
+        raise EdgeGwError(f"no outbox at {path} (has the gateway run with this config?)")
+    db = sqlite3.connect(path, timeout=5.0)
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if "quarantine" not in tables:
+        db.close()
+        raise EdgeGwError(f"{path} has no quarantine yet: start this edgegw version on it once")
+    return db
+
+
+def parse_since(text: str, now: float | None = None) -> float:
+    """'2h' (that long ago) or an ISO time such as 2026-11-29T08:00:00Z, as epoch seconds."""
+    now = time.time() if now is None else now
+    try:
+        return now - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        stamp = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise EdgeGwError(
+            f"--since '{text}' is neither a duration (e.g. 2h, 30m) nor an ISO time "
+            "(e.g. 2026-11-29T08:00:00Z)"
+        ) from None
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=dt.UTC)
+    return stamp.timestamp()
+
+
+def list_records(path: str, *, since: str | None, as_json: bool) -> int:
+    cutoff = parse_since(since) if since else 0.0
+    with contextlib.closing(_connect(path)) as db:
+        rows = db.execute(
+            f"SELECT {_COLUMNS} FROM quarantine WHERE created >= ? ORDER BY qid", (cutoff,)
+        ).fetchall()
+    records = [_record(row) for row in rows]
+    if as_json:
+        for record in records:
+            sys.stdout.write(orjson.dumps(record).decode() + "\n")
+        return 0
+    if not records:
+        print("quarantine is empty" + (f" since {since}" if since else ""))
+        return 0
+    for r in records:
+        state = f"  released {r['released']}" if r["released"] else ""
+        print(
+            f"#{r['qid']:<5} {r['quarantined']}  {r['kind']:<9} {r['subject']:<28} "
+            f"{r['rule']:<8} {r['reason']}{state}"
+        )
+    print(f"{len(records)} record(s); `edgegw quarantine release|drop -c FILE ID` acts on one")
+    return 0
+
+
+def _record(row: tuple[Any, ...]) -> dict[str, Any]:
+    qid, key, kind, subject, rule, value, reason, ts, created, released = row
+    return {
+        "qid": qid,
+        "id": key,
+        "kind": kind,
+        "subject": subject,
+        "rule": rule,
+        "value": orjson.loads(value),
+        "reason": reason,
+        "ts": iso_utc(ts),
+        "quarantined": iso_utc(created),
+        "released": iso_utc(released) if released else None,
+    }
+
+
+def _find(db: sqlite3.Connection, ident: str) -> tuple[Any, ...]:
+    column = "qid" if ident.isdigit() else "id"
+    row = db.execute(f"SELECT {_COLUMNS}, payload FROM quarantine WHERE {column} = ?", (ident,))
+    found = row.fetchone()
+    if found is None:
+        raise EdgeGwError(f"no quarantined record {ident} (see `edgegw quarantine -c FILE`)")
+    return tuple(found)
+
+
+def release(path: str, ident: str) -> int:
+    with contextlib.closing(_connect(path)) as db:
+        row = _find(db, ident)
+        record = _record(row[:-1])
+        if row[-1] is None:
+            raise EdgeGwError(
+                f"record #{record['qid']} is a {record['kind']} value, already published as "
+                "bad; only events can be released (use drop to clear it)"
+            )
+        if record["released"]:
+            print(f"record #{record['qid']} was already released at {record['released']}")
+            return 0
+        with db:
+            db.execute("UPDATE quarantine SET released = ? WHERE qid = ?", (time.time(), row[0]))
+    _audit("release", record)
+    print(
+        f"released #{record['qid']} ({record['subject']} id {record['id']}); the running gateway "
+        "publishes it within seconds (or at its next start)"
+    )
+    return 0
+
+
+def drop(path: str, ident: str) -> int:
+    with contextlib.closing(_connect(path)) as db:
+        row = _find(db, ident)
+        record = _record(row[:-1])
+        with db:
+            db.execute("DELETE FROM quarantine WHERE qid = ?", (row[0],))
+    _audit("drop", record)
+    print(f"dropped #{record['qid']} ({record['subject']}: {record['reason']})")
+    return 0
+
+
+def _audit(action: str, record: dict[str, Any]) -> None:
+    log.warning(
+        "audit: quarantine %s qid=%s id=%s kind=%s subject=%s rule=%s reason=%s user=%s",
+        action,
+        record["qid"],
+        record["id"],
+        record["kind"],
+        record["subject"],
+        record["rule"],
+        record["reason"],
+        _user(),
+    )
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
