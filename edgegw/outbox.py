@@ -52,7 +52,7 @@ CREATE TABLE IF NOT EXISTS event_keys (  -- every event id ever committed, kept 
 );
 CREATE TABLE IF NOT EXISTS quarantine (
     qid      INTEGER PRIMARY KEY AUTOINCREMENT,
-    id       TEXT NOT NULL UNIQUE,       -- the id the message would have had
+    id       TEXT NOT NULL,              -- the id the message would have had
     kind     TEXT NOT NULL,              -- telemetry | event
     subject  TEXT NOT NULL,              -- source.tag or event type
     rule     TEXT NOT NULL,              -- range | values | sequence | contract
@@ -63,14 +63,16 @@ CREATE TABLE IF NOT EXISTS quarantine (
     trace    TEXT NOT NULL,
     ts       REAL NOT NULL,              -- source timestamp
     created  REAL NOT NULL,
-    released REAL                        -- set by `edgegw quarantine release`; the gateway
-);                                       -- then moves the event into the outbox
+    released REAL,                       -- set by `edgegw quarantine release`; the gateway
+    UNIQUE (id, ts)                      -- then moves the event into the outbox
+);
 """
 _INSERT_QUARANTINE = (
     "INSERT OR IGNORE INTO quarantine(id, kind, subject, rule, value, reason, topic, payload, "
     "trace, ts, created) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
 )
 EVENT_SCHEMA_PREFIX = "edgegw.event/"
+EVENT_KEY_RETENTION = 400 * 86400.0  # seconds an event id is remembered, at least
 _INSERT = (
     "INSERT INTO outbox(seq, id, schema, topic, payload, trace, created) VALUES (?,?,?,?,?,?,?)"
 )
@@ -237,6 +239,7 @@ class Outbox:
                 await self.db.executemany(_INSERT, rows)
                 await self._record_event_keys(batch)
                 if quarantine:
+                    quarantine = await self._without_sent_events(quarantine)
                     await self.db.executemany(_INSERT_QUARANTINE, _quarantine_rows(quarantine))
                 await self.db.commit()
             except sqlite3.IntegrityError:
@@ -278,6 +281,23 @@ class Outbox:
         log.info("business events detected again, not sent twice count=%d", len(known))
         return [e for e in batch if e.id not in known]
 
+    async def _without_sent_events(
+        self, records: Sequence[QuarantineRecord]
+    ) -> Sequence[QuarantineRecord]:
+        """An event already committed good and detected again with bad data is not held:
+        the consumer has it, and a release could only send other data under its id."""
+        ids = [r.key for r in records if r.kind == "event"]
+        if not ids:
+            return records
+        marks = ",".join("?" * len(ids))
+        sent = {
+            row[0]
+            for row in await _fetch(
+                self.db, f"SELECT id FROM event_keys WHERE id IN ({marks})", ids
+            )
+        }
+        return [r for r in records if r.kind != "event" or r.key not in sent]
+
     async def _record_event_keys(self, batch: list[PendingEvent]) -> None:
         keys = [(e.id, e.created) for e in batch if e.schema.startswith(EVENT_SCHEMA_PREFIX)]
         if keys:
@@ -286,37 +306,65 @@ class Outbox:
             )
 
     async def move_released(self) -> int:
-        """Append the events an operator released from quarantine; returns how many."""
+        """Append the events an operator released from quarantine; returns how many.
+
+        One transaction: the outbox rows, their remembered ids and the removal from the
+        quarantine. A released event whose id was committed meanwhile (detected again with
+        valid data) is not sent a second time with other data: it is removed, and said so.
+        """
         async with self._lock:
             rows = await _fetch(
                 self.db,
                 "SELECT qid, id, topic, payload, trace FROM quarantine "
                 "WHERE released IS NOT NULL AND payload IS NOT NULL ORDER BY qid LIMIT 1000",
             )
-        if not rows:
-            return 0
-        events = [
-            PendingEvent(
-                key, _event_schema(payload), topic, orjson.loads(payload), trace, time.time()
+            if not rows:
+                return 0
+            ids = list({row[1] for row in rows})
+            marks = ",".join("?" * len(ids))
+            known = {
+                r[0]
+                for r in await _fetch(
+                    self.db,
+                    f"SELECT id FROM event_keys WHERE id IN ({marks}) "
+                    f"UNION SELECT id FROM outbox WHERE id IN ({marks})",
+                    ids + ids,
+                )
+            }
+            now = time.time()
+            events: dict[str, PendingEvent] = {}
+            superseded = []
+            for _qid, key, topic, payload, trace in rows:
+                if key in known or key in events:
+                    superseded.append((key, trace))
+                    continue
+                schema = _event_schema(payload)
+                events[key] = PendingEvent(key, schema, topic, orjson.loads(payload), trace, now)
+            batch = list(events.values())
+            qids = [row[0] for row in rows]
+            try:
+                await self.db.executemany(_INSERT, self._number(batch))
+                await self._record_event_keys(batch)
+                await self.db.execute(
+                    f"DELETE FROM quarantine WHERE qid IN ({','.join('?' * len(qids))})", qids
+                )
+                await self.db.commit()
+            except sqlite3.DatabaseError as exc:
+                await self._rollback_quietly()
+                raise OutboxError(f"outbox write failed: {exc}") from exc
+            self._next_seq += len(batch)
+            self.depth += len(batch)
+        self.appended.set()
+        for event in batch:
+            log.warning("audit: released event published id=%s trace=%s", event.id, event.trace)
+        for key, trace in superseded:
+            log.warning(
+                "audit: released event not sent: an event with this id was committed already "
+                "id=%s trace=%s",
+                key,
+                trace,
             )
-            for _qid, key, topic, payload, trace in rows
-        ]
-        # Released means "publish it anyway": a key already sent is not blocked by itself.
-        async with self._lock:
-            marks = ",".join("?" * len(rows))
-            await self.db.execute(
-                f"DELETE FROM event_keys WHERE id IN ({marks})", [row[1] for row in rows]
-            )
-            await self.db.commit()
-        appended = await self.append(events)
-        async with self._lock:
-            await self.db.execute(
-                f"DELETE FROM quarantine WHERE qid IN ({marks})", [row[0] for row in rows]
-            )
-            await self.db.commit()
-        for _qid, key, _topic, _payload, trace in rows:
-            log.warning("audit: released event from quarantine id=%s trace=%s", key, trace)
-        return appended
+        return len(batch)
 
     def _number(self, batch: list[PendingEvent]) -> list[tuple[Any, ...]]:
         seq = self._next_seq
@@ -388,8 +436,12 @@ class Outbox:
         cutoff = (time.time() if now is None else now) - self.max_age
         dropped = 0
         async with self._lock:
-            # Remembered event ids age out with the same limit (not data, so not counted).
-            await self.db.execute("DELETE FROM event_keys WHERE created < ?", (cutoff,))
+            # Remembered event ids are tiny; they outlive the data so that a line standing in
+            # 'done' for weeks does not send its last batch again after a restart.
+            key_cutoff = (time.time() if now is None else now) - max(
+                self.max_age, EVENT_KEY_RETENTION
+            )
+            await self.db.execute("DELETE FROM event_keys WHERE created < ?", (key_cutoff,))
             await self.db.commit()
             while True:
                 rows = await _fetch(

@@ -151,6 +151,7 @@ class Pipeline:
         self.quarantined = 0  # telemetry values and events held back, since start
 
     def process(self, readings: list[Reading]) -> tuple[list[PendingEvent], list[QuarantineRecord]]:
+        readings = _finite(readings)
         checked, violations = self.rules.apply(readings)
         out = self.telemetry.build(checked)
         records = [self._record(violation) for violation in violations]
@@ -183,3 +184,20 @@ class Pipeline:
             ts=reading.source_ts,
             created=time.time(),
         )
+
+
+def _finite(readings: list[Reading]) -> list[Reading]:
+    """NaN and infinities are never good: not for telemetry, rules, nor event fields."""
+    for index, reading in enumerate(readings):  # noqa: B007 - index is used after the loop
+        value = reading.value
+        if isinstance(value, float) and not math.isfinite(value):
+            break
+    else:
+        return readings
+    out = readings[:index]
+    for reading in readings[index:]:
+        value = reading.value
+        if reading.quality != "bad" and isinstance(value, float) and not math.isfinite(value):
+            reading = reading.as_bad(f"value is {value}")
+        out.append(reading)
+    return out

@@ -28,10 +28,12 @@ log = logging.getLogger("edgegw.audit")
 _COLUMNS = "qid, id, kind, subject, rule, value, reason, ts, created, released"
 
 
-def _connect(path: str) -> sqlite3.Connection:
+def _connect(path: str, *, read_only: bool = False) -> sqlite3.Connection:
     if not os.path.exists(path):
         raise EdgeGwError(f"no outbox at {path} (has the gateway run with this config?)")
-    db = sqlite3.connect(path, timeout=5.0)
+    # Read-only where possible: run as root, a writer would leave root-owned -wal/-shm files.
+    uri = f"file:{path}?mode=ro" if read_only else f"file:{path}"
+    db = sqlite3.connect(uri, uri=True, timeout=5.0)
     tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     if "quarantine" not in tables:
         db.close()
@@ -60,7 +62,7 @@ def parse_since(text: str, now: float | None = None) -> float:
 
 def list_records(path: str, *, since: str | None, as_json: bool) -> int:
     cutoff = parse_since(since) if since else 0.0
-    with contextlib.closing(_connect(path)) as db:
+    with contextlib.closing(_connect(path, read_only=True)) as db:
         rows = db.execute(
             f"SELECT {_COLUMNS} FROM quarantine WHERE created >= ? ORDER BY qid", (cutoff,)
         ).fetchall()
@@ -100,7 +102,10 @@ def _record(row: tuple[Any, ...]) -> dict[str, Any]:
 
 def _find(db: sqlite3.Connection, ident: str) -> tuple[Any, ...]:
     column = "qid" if ident.isdigit() else "id"
-    row = db.execute(f"SELECT {_COLUMNS}, payload FROM quarantine WHERE {column} = ?", (ident,))
+    row = db.execute(
+        f"SELECT {_COLUMNS}, payload FROM quarantine WHERE {column} = ? ORDER BY qid DESC",
+        (ident,),
+    )
     found = row.fetchone()
     if found is None:
         raise EdgeGwError(f"no quarantined record {ident} (see `edgegw quarantine -c FILE`)")

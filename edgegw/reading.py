@@ -25,3 +25,7 @@ class Reading:
     source_ts: float
     received_ts: float
     reason: str | None = None
+
+    def as_bad(self, reason: str) -> Reading:
+        """The same sample declared bad: no value, the reason in words."""
+        return Reading(self.source, self.tag, None, "bad", self.source_ts, self.received_ts, reason)

@@ -69,17 +69,7 @@ class TagRules:
             if problem != rule.last_violation:
                 rule.last_violation = problem
                 violations.append(Violation(reading, name, reason))
-            out.append(
-                Reading(
-                    reading.source,
-                    reading.tag,
-                    None,
-                    "bad",
-                    reading.source_ts,
-                    reading.received_ts,
-                    f"{name}: {reason}",
-                )
-            )
+            out.append(reading.as_bad(f"{name}: {reason}"))
         return out, violations
 
 
@@ -106,9 +96,12 @@ def _check(rule: _TagRule, value: Value) -> tuple[Value, tuple[str, str] | None]
         value = named
     if rule.transitions is not None:
         state = value if isinstance(value, str) else str(value)
-        last, rule.last_state = rule.last_state, state
+        last = rule.last_state
         # The first value after a start cannot be judged; a repeat is no transition.
         if last is not None and state != last and state not in rule.transitions.get(last, []):
             allowed = ", ".join(rule.transitions.get(last, [])) or "none"
+            # The last valid state stays: the tag is bad until a listed transition happens,
+            # so the disallowed state cannot pass as good one poll later.
             return value, ("sequence", f"{last} -> {state} is not allowed (from {last}: {allowed})")
+        rule.last_state = state
     return value, None

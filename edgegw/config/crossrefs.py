@@ -27,6 +27,10 @@ def reference_issues(doc: YamlDocument, config: GatewayConfig) -> list[str]:
 
     def check_value(loc: Loc, ref: str, value: Any, what: str) -> None:
         names = _names(tags.get(ref))
+        kind = _value_kind(tags.get(ref))
+        if names is None and kind is not None and not _fits(value, kind):
+            report(loc, f"{what} {value!r} can never be a value of {ref} (a {kind} tag)")
+            return
         if names is not None and value not in names:
             guess = did_you_mean(str(value), names) if isinstance(value, str) else None
             hint = f"; did you mean '{guess}'?" if guess else ""
@@ -78,3 +82,23 @@ def reference_issues(doc: YamlDocument, config: GatewayConfig) -> list[str]:
 def _names(tag: Any) -> list[str] | None:
     values = getattr(tag, "values", None)
     return list(values.values()) if values else None
+
+
+def _value_kind(tag: Any) -> str | None:
+    """What a tag's published values are, when its config says (Modbus types)."""
+    data_type = getattr(tag, "type", None)
+    if not isinstance(data_type, str):
+        return None
+    if data_type == "bool":
+        return "bool"
+    if data_type == "string":
+        return "string"
+    return "number"
+
+
+def _fits(value: Any, kind: str) -> bool:
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "string":
+        return isinstance(value, str)
+    return isinstance(value, int | float) and not isinstance(value, bool)

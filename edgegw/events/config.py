@@ -38,6 +38,7 @@ EventType = Annotated[
 FieldName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=64)]
 
 TriggerKind = Literal["changes_to", "changes", "rises", "falls", "when"]
+_KINDS: tuple[TriggerKind, ...] = ("changes_to", "changes", "rises", "falls", "when")
 
 
 class TriggerConfig(StrictModel):
@@ -64,11 +65,7 @@ class TriggerConfig(StrictModel):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> TriggerConfig:
-        kinds = [
-            name
-            for name in ("changes_to", "changes", "rises", "falls", "when")
-            if getattr(self, name) not in (None, False)
-        ]
+        kinds = [name for name in _KINDS if self._given(name)]
         if len(kinds) != 1:
             found = ", ".join(kinds) if kinds else "none"
             raise ValueError(
@@ -85,10 +82,16 @@ class TriggerConfig(StrictModel):
             raise ValueError(f"give the tag once: either tag: … with {kind}: true, or {kind}: …")
         return self
 
+    def _given(self, name: str) -> bool:
+        value = getattr(self, name)
+        if name in ("changes_to", "when"):
+            return value is not None  # changes_to: 0 and changes_to: false are values
+        return value is not None and value is not False
+
     @property
     def kind(self) -> TriggerKind:
-        for name in ("changes_to", "changes", "rises", "falls", "when"):
-            if getattr(self, name) not in (None, False):
+        for name in _KINDS:
+            if self._given(name):
                 return name
         raise AssertionError("validated trigger without a kind")
 

@@ -29,10 +29,23 @@ def _integral(value: Any) -> Any:
     return value
 
 
+def normalise(event: EventConfig, data: dict[str, Any]) -> dict[str, Any]:
+    """Integral floats of int fields as ints, before validation: the event id hashes these
+    values, and must not depend on whether the rest of the event passed its contract."""
+    out = dict(data)
+    for name, rule in event.contract.items():
+        if rule.type == "int" and name in out:
+            out[name] = _integral(out[name])
+    return out
+
+
 def _annotation(rule: FieldRule | None, is_key: bool) -> Any:
     if rule is None:
-        base: Any = Any
-    elif rule.type == "int":
+        # No contract: any value, and a field without a good value is null (key fields
+        # excepted: an event needs its whole key).
+        return (Any, ...) if is_key else (Any | None, None)
+    base: Any
+    if rule.type == "int":
         base = Annotated[StrictInt, BeforeValidator(_integral)]
     elif rule.type in ("float", "number"):
         base = StrictFloat | StrictInt
@@ -41,18 +54,17 @@ def _annotation(rule: FieldRule | None, is_key: bool) -> Any:
     else:
         base = StrictBool
     constraints: dict[str, Any] = {}
-    if rule is not None:
-        if rule.min is not None:
-            constraints["ge"] = rule.min
-        if rule.max is not None:
-            constraints["le"] = rule.max
-        if rule.pattern is not None:
-            constraints["pattern"] = rule.pattern
+    if rule.min is not None:
+        constraints["ge"] = rule.min
+    if rule.max is not None:
+        constraints["le"] = rule.max
+    if rule.pattern is not None:
+        constraints["pattern"] = rule.pattern
     annotated: Any = Annotated[base, Field(**constraints)] if constraints else base
-    if rule is not None and rule.values is not None:
+    if rule.values is not None:
         allowed = list(rule.values)
         annotated = Annotated[annotated, AfterValidator(_member_of(allowed))]
-    if rule is not None and not rule.required and not is_key:
+    if not rule.required and not is_key:
         return (annotated | None, None)
     return (annotated, ...)
 

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from edgegw.config.model import GatewayConfig
 from edgegw.events.config import GATEWAY_FIELDS, EventConfig
-from edgegw.events.contract import build_contract, check_contract
+from edgegw.events.contract import build_contract, check_contract, normalise
 from edgegw.keys import event_key
 from edgegw.outbox import PendingEvent
 from edgegw.quarantine import QuarantineRecord
@@ -20,6 +20,8 @@ from edgegw.reading import Reading, Value
 from edgegw.timefmt import iso_utc
 
 EVENT_SCHEMA: Final = "edgegw.event/1"
+FIELD_WAIT: Final = 10.0
+"""Seconds a fired event waits for a key or required field that has no value yet."""
 _UNSEEN: Final = object()
 
 
@@ -29,6 +31,7 @@ class _Declared:
     contract: type[BaseModel]
     topic: str
     condition_state: bool | None = None
+    pending: tuple[float, float] | None = None  # (trigger instant, monotonic deadline)
 
 
 class EventDetector:
@@ -68,32 +71,67 @@ class EventDetector:
     def process(self, readings: list[Reading]) -> tuple[list[PendingEvent], list[QuarantineRecord]]:
         if not self._declared:
             return [], []
+        events: list[PendingEvent] = []
+        quarantined: list[QuarantineRecord] = []
         changed: dict[str, tuple[Any, Value, float]] = {}
+        seen: set[str] = set()
         for reading in readings:
             ref = f"{reading.source}.{reading.tag}"
             if ref not in self._watched:
                 continue
+            if ref in seen:
+                # A second sample of a tag (OPC UA queues, replayed messages) starts a new
+                # instant: judge the one before, or a short pulse would go unseen.
+                self._judge(changed, events, quarantined)
+                changed, seen = {}, set()
+            seen.add(ref)
             new = reading.value if reading.quality == "good" else None
             old = self.latest.get(ref, _UNSEEN)
             self.latest[ref] = new
             if old is _UNSEEN or old != new or type(old) is not type(new):
                 changed[ref] = (old, new, reading.source_ts)
-        if not changed:
-            return [], []
-        events: list[PendingEvent] = []
-        quarantined: list[QuarantineRecord] = []
+        self._judge(changed, events, quarantined)
+        return events, quarantined
+
+    def _judge(
+        self,
+        changed: dict[str, tuple[Any, Value, float]],
+        events: list[PendingEvent],
+        quarantined: list[QuarantineRecord],
+    ) -> None:
+        now = time.monotonic()
         for declared in self._declared:
-            fired_at = self._fired(declared, changed)
-            if fired_at is None:
+            fired_at = self._fired(declared, changed) if changed else None
+            if fired_at is not None:
+                self.detected += 1
+                declared.pending = (fired_at, now + FIELD_WAIT)
+            if declared.pending is None:
                 continue
-            self.detected += 1
-            event, record = self._build(declared, fired_at)
+            stamp, deadline = declared.pending
+            if now < deadline and self._missing(declared):
+                # Right after a start another source may not have been read yet.
+                continue
+            declared.pending = None
+            event, record = self._build(declared, stamp)
             if event is not None:
                 events.append(event)
             if record is not None:
                 self.quarantined += 1
                 quarantined.append(record)
-        return events, quarantined
+
+    def _missing(self, declared: _Declared) -> bool:
+        """A key or required field's tag has not been read at all since the start (another
+        source not polled yet). A tag read bad at the trigger does not wait: its event goes
+        to the quarantine saying so, rather than carrying values of a later instant."""
+        config = declared.config
+        for name, ref in config.fields.items():
+            if ref in GATEWAY_FIELDS:
+                continue
+            rule = config.contract.get(name)
+            required = name in config.key or (rule is not None and rule.required)
+            if required and ref not in self.latest:
+                return True
+        return False
 
     def _fired(
         self, declared: _Declared, changed: dict[str, tuple[Any, Value, float]]
@@ -140,7 +178,7 @@ class EventDetector:
             name: self.gateway_fields[ref] if ref in GATEWAY_FIELDS else self.latest.get(ref)
             for name, ref in config.fields.items()
         }
-        data, problems = check_contract(declared.contract, raw)
+        data, problems = check_contract(declared.contract, normalise(config, raw))
         key_values = [(name, orjson.dumps(data[name]).decode()) for name in config.key]
         key = event_key(self.gateway, config.type, key_values)
         trace = os.urandom(8).hex()

@@ -22,7 +22,11 @@ CASES = sorted(p for p in (Path(__file__).parent.parent / "events").iterdir() if
 EPOCH = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 
 
-def readings_of(step: dict[str, Any]) -> list[Reading]:
+def readings_of(step: dict[str, Any] | list[list[Any]]) -> list[Reading]:
+    """A mapping step is one poll; a list step `[[ref, value, at], ...]` is a batch in that
+    exact order (e.g. several queued samples of one OPC UA tag)."""
+    if isinstance(step, list):
+        return [r for ref, value, at in step for r in readings_of({"at": at, ref: value})]
     at = EPOCH + float(step.get("at", 0))
     out = []
     for ref, value in step.items():
