@@ -248,6 +248,14 @@ async def test_violations_are_quarantined_not_published_as_good(
             gateway.signal(signal.SIGTERM)
             assert await gateway.wait(20) == 0
     assert orjson.loads(got[0].payload)["id"] == contract["id"]
+    # The schemas stay on the broker, retained, for consumers that come later.
+    with Subscriber(mosquitto.port, "s/a/L1/schemas/#") as schemas:
+        await schemas.wait_for(lambda got: len(got) >= 3, 10, what="three retained schemas")
+        by_topic = {m.topic: orjson.loads(m.payload) for m in schemas.messages}
+    batch_schema = by_topic["s/a/L1/schemas/batch.completed"]
+    assert batch_schema["properties"]["type"] == {"const": "batch.completed"}
+    assert batch_schema["properties"]["data"]["properties"]["good"]["maximum"] == 50000
+    assert set(by_topic) >= {"s/a/L1/schemas/edgegw.telemetry-1", "s/a/L1/schemas/edgegw.event-1"}
     left = {r["qid"] for r in quarantined()}
     assert contract["qid"] not in left
     assert by_rule["range"]["qid"] not in left
