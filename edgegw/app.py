@@ -6,13 +6,15 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 
 from edgegw.config.model import GatewayConfig
 from edgegw.errors import OutboxError
 from edgegw.events.schemas import announcements
 from edgegw.forwarder import Forwarder
-from edgegw.outbox import Outbox
+from edgegw.outbox import NORMAL_SYNC_INTERVAL, Outbox, PendingEvent
 from edgegw.pipeline import Pipeline
+from edgegw.quarantine import QuarantineRecord
 from edgegw.reading import Reading
 from edgegw.sinks.mqtt import MqttSettings
 from edgegw.sources.base import Source
@@ -22,6 +24,7 @@ log = logging.getLogger(__name__)
 
 INTAKE_QUEUE_BATCHES = 256
 COMMIT_MAX_EVENTS = 1000
+ALARM_EVERY = 30.0  # seconds between repeated alarms while the outbox refuses data
 RELEASE_EVERY = 2.0  # seconds between looks for released quarantine records
 EXPIRE_EVERY = 60.0
 
@@ -53,6 +56,9 @@ class Gateway:
             synchronous=config.outbox.synchronous,
             max_rows=config.outbox.max_rows,
             max_age=config.outbox.max_age,
+            max_bytes=config.outbox.max_bytes,
+            gateway=config.gateway.id,
+            gap_topic=config.mqtt.gap_topic.format(**config.topic_fields()),
         )
         self.forwarder = Forwarder(
             self.outbox,
@@ -67,6 +73,7 @@ class Gateway:
         self.intake: asyncio.Queue[list[Reading]] = asyncio.Queue(INTAKE_QUEUE_BATCHES)
         self.stop_requested = asyncio.Event()
         self.committed = 0
+        self.outbox_alarm: str | None = None  # why the outbox refuses data, while it does
         self.started = asyncio.Event()
 
     def request_stop(self) -> None:
@@ -80,6 +87,11 @@ class Gateway:
                 group.create_task(self.forwarder.run(forwarder_stop), name="forwarder")
                 committer = group.create_task(self._commit_forever(), name="committer")
                 expirer = group.create_task(self._expire_forever(), name="retention")
+                syncer = (
+                    group.create_task(self._sync_forever(), name="outbox-sync")
+                    if self.config.outbox.synchronous == "normal"
+                    else None
+                )
                 readers = [
                     group.create_task(self._read_forever(source), name=f"source:{source.name}")
                     for source in self.sources
@@ -112,6 +124,8 @@ class Gateway:
                     )
                 committer.cancel()
                 expirer.cancel()
+                if syncer is not None:
+                    syncer.cancel()
                 forwarder_stop.set()
         finally:
             await self.outbox.close()
@@ -155,17 +169,52 @@ class Gateway:
                     record.trace,
                 )
             try:
-                while True:
-                    try:
-                        self.committed += await self.outbox.append(events, held)
-                        break
-                    except OutboxError as exc:
-                        # Intake stops (the queue fills, sources wait) instead of losing data.
-                        log.error("cannot commit to the outbox; retrying in 1 s error=%s", exc)
-                        await asyncio.sleep(1.0)
+                await self._commit(events, held)
             finally:
                 for _ in batches:
                     self.intake.task_done()
+
+    async def _commit(self, events: list[PendingEvent], held: list[QuarantineRecord]) -> None:
+        """Commit, or hold intake until the outbox takes data again (disk full, I/O error):
+        the queue fills, the sources wait, nothing read is thrown away, nothing committed is
+        touched. One ERROR alarm, repeated every 30 s while it lasts."""
+        blocked_since: float | None = None
+        last_alarm = 0.0
+        while True:
+            try:
+                self.committed += await self.outbox.append(events, held)
+            except OutboxError as exc:
+                now = time.monotonic()
+                if blocked_since is None:
+                    blocked_since = now
+                if now - last_alarm >= ALARM_EVERY:
+                    last_alarm = now
+                    self.outbox_alarm = str(exc)
+                    log.error(
+                        "ALARM intake stopped: the outbox takes no data for %.0f s; retrying "
+                        "every second; nothing read is dropped error=%s",
+                        now - blocked_since,
+                        exc,
+                    )
+                await asyncio.sleep(1.0)
+                continue
+            if blocked_since is not None:
+                self.outbox_alarm = None
+                log.warning(
+                    "outbox takes data again; intake resumed after %.0f s",
+                    time.monotonic() - blocked_since,
+                )
+            return
+
+    async def _sync_forever(self) -> None:
+        """synchronous=normal: commits are safe from a process crash at once and from a
+        power loss once the WAL is synced; do that every NORMAL_SYNC_INTERVAL."""
+        while True:
+            await asyncio.sleep(NORMAL_SYNC_INTERVAL)
+            try:
+                await self.outbox.sync()
+            except OutboxError as exc:
+                log.error("outbox sync failed error=%s", exc)
 
     async def _expire_forever(self) -> None:
         ticks = 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -223,6 +224,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{args.config}: ok ({len(config.sources)} sources, {count} tags)")
             return 0
         if args.command == "run":
+            # A stop request while still starting (imports, config) ends cleanly with 0;
+            # run_gateway installs the real handlers before the outbox opens.
+            signal.signal(signal.SIGTERM, _stop_before_start)
             from edgegw.app import run_gateway
 
             asyncio.run(run_gateway(config))
@@ -240,6 +244,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     raise AssertionError(f"unhandled command {args.command}")
+
+
+def _stop_before_start(_signum: int, _frame: object) -> None:
+    raise SystemExit(0)
 
 
 def _quarantine(args: argparse.Namespace, path: str) -> int:

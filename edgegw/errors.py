@@ -25,3 +25,7 @@ class SinkError(EdgeGwError):
 
 class OutboxError(EdgeGwError):
     """The outbox database cannot be opened, written or trusted."""
+
+
+class OutboxFull(OutboxError):
+    """The disk (or the database's page limit) is full: nothing can be committed now."""

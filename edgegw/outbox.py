@@ -17,6 +17,7 @@ import logging
 import os
 import sqlite3
 import time
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,8 +25,9 @@ from typing import Any
 import aiosqlite
 import orjson
 
-from edgegw.errors import OutboxError
+from edgegw.errors import OutboxError, OutboxFull
 from edgegw.quarantine import QuarantineRecord
+from edgegw.timefmt import iso_utc
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,10 @@ _INSERT_QUARANTINE = (
     "trace, ts, created) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
 )
 EVENT_SCHEMA_PREFIX = "edgegw.event/"
+GAP_SCHEMA = "edgegw.gap/1"
+NORMAL_SYNC_INTERVAL = 0.2  # seconds; with synchronous=normal, the power-loss window
+SEQ_RESERVE_BLOCK = 100_000  # seq numbers reserved per write of the .seq file
+GAP_NAMESPACE = uuid.UUID("8e1b5c2a-47d3-5f90-a6c4-1d2e3f405162")
 EVENT_KEY_RETENTION = 400 * 86400.0  # seconds an event id is remembered, at least
 _INSERT = (
     "INSERT INTO outbox(seq, id, schema, topic, payload, trace, created) VALUES (?,?,?,?,?,?,?)"
@@ -139,8 +145,14 @@ class Outbox:
         synchronous: str = "full",
         max_rows: int = 10_000_000,
         max_age: float = 7 * 86400.0,
+        max_bytes: int | None = None,
+        gateway: str = "",
+        gap_topic: str = "edgegw/gap",
     ) -> None:
         self.path = path
+        self.max_bytes = max_bytes
+        self.gateway = gateway
+        self.gap_topic = gap_topic
         self.synchronous = synchronous
         self.max_rows = max_rows
         self.max_age = max_age
@@ -149,27 +161,36 @@ class Outbox:
         self.duplicates = 0
         self.known_events = 0  # business events refused because already committed once
         self._next_seq = 1
+        self._reserved = 0  # every seq assigned is <= this, recorded in the .seq file
+        self.corrupt_moved_to: str | None = None
         self._db: aiosqlite.Connection | None = None
         # One connection, and SQLite transactions must not interleave across awaits.
         self._lock = asyncio.Lock()
         self.appended = asyncio.Event()
 
     async def open(self) -> None:
+        """Open (create, migrate) the outbox. A damaged file is moved aside, never deleted:
+        the rows that can still be read are carried over, a fresh file is started with `seq`
+        above anything ever assigned, and an ERROR alarm plus an `edgegw.gap/1` message say
+        so."""
         _prepare_directory(self.path)
+        self._reserved = _read_reservation(self._reservation_path)
         try:
-            db = await aiosqlite.connect(self.path)
-        except sqlite3.DatabaseError as exc:
-            raise OutboxError(f"cannot open outbox {self.path}: {exc}") from exc
-        try:
-            last_meta, dropped, max_seq, depth = await self._prepare(db)
-        except BaseException as exc:
-            # aiosqlite's worker thread is not a daemon: an unclosed connection would keep
-            # the process from exiting.
-            with contextlib.suppress(Exception):
-                await db.close()
-            if isinstance(exc, sqlite3.DatabaseError):
-                raise OutboxError(f"cannot open outbox {self.path}: {exc}") from exc
-            raise
+            db, counters = await self._open_checked()
+        except _Damaged as damage:
+            aside = _move_aside(self.path)
+            log.error(
+                "ALARM outbox %s is damaged (%s); moved to %s and starting a fresh outbox",
+                self.path,
+                damage,
+                aside,
+            )
+            self.corrupt_moved_to = aside
+            db, counters = await self._open_checked()
+            self._db = db
+            await self._recover_from(aside, str(damage))
+            return
+        last_meta, dropped, max_seq, depth = counters
         self._db = db
         self._next_seq = max(int(last_meta), int(max_seq or 0)) + 1
         self.depth = int(depth)
@@ -182,13 +203,59 @@ class Outbox:
             self.synchronous,
         )
 
+    async def _open_checked(
+        self,
+    ) -> tuple[aiosqlite.Connection, tuple[int, int, int | None, int]]:
+        try:
+            db = await aiosqlite.connect(self.path)
+        except sqlite3.DatabaseError as exc:
+            raise OutboxError(f"cannot open outbox {self.path}: {exc}") from exc
+        try:
+            return db, await self._prepare(db)
+        except BaseException as exc:
+            # aiosqlite's worker thread is not a daemon: an unclosed connection would keep
+            # the process from exiting.
+            with contextlib.suppress(Exception):
+                await db.close()
+            if isinstance(exc, _Damaged):
+                raise
+            if isinstance(exc, sqlite3.DatabaseError):
+                if _is_corruption(exc):
+                    raise _Damaged(str(exc)) from exc
+                raise OutboxError(f"cannot open outbox {self.path}: {exc}") from exc
+            raise
+
+    async def _recover_from(self, aside: str, why: str) -> None:
+        """Carry readable rows over from a damaged file; continue seq above all of them."""
+        salvaged = await asyncio.to_thread(_salvage, aside)
+        highest = max([self._reserved, *(row[0] for row in salvaged)])
+        async with self._lock:
+            if salvaged:
+                await self.db.executemany(_INSERT.replace("INSERT", "INSERT OR IGNORE"), salvaged)
+            self._next_seq = highest + 1
+            gap = self._gap_event(
+                [], None, f"corrupt outbox moved to {aside} ({why}); {len(salvaged)} rows saved"
+            )
+            await self.db.executemany(_INSERT, self._number([gap]))
+            await self.db.execute(_BUMP_LAST_SEQ, (self._next_seq,))
+            await self.db.commit()
+            self._next_seq += 1
+            self.depth = len(salvaged) + 1
+        log.error(
+            "ALARM outbox recovered rows=%d from %s; seq continues at %d; events not recovered "
+            "are lost (a gap message says so)",
+            len(salvaged),
+            aside,
+            self._next_seq,
+        )
+
     async def _prepare(self, db: aiosqlite.Connection) -> tuple[int, int, int | None, int]:
         """Check the file, migrate the schema, read the counters."""
         await db.execute("PRAGMA journal_mode=WAL")
         await db.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
         verdict = [row[0] for row in await _fetch(db, "PRAGMA quick_check")]
         if verdict != ["ok"]:
-            raise OutboxError(f"outbox {self.path} is damaged: {'; '.join(verdict[:3])}")
+            raise _Damaged("; ".join(verdict[:3]))
         version = (await _fetch(db, "PRAGMA user_version"))[0][0]
         if version > SCHEMA_VERSION:
             raise OutboxError(
@@ -203,6 +270,13 @@ class Outbox:
         max_seq, depth = (await _fetch(db, "SELECT max(seq), count(*) FROM outbox"))[0]
         return int(last_meta), int(dropped), max_seq, int(depth)
 
+    async def sync(self) -> None:
+        """Make every commit so far durable (synchronous=normal): a passive checkpoint fsyncs
+        the WAL. The gateway calls it every NORMAL_SYNC_INTERVAL, which bounds what a power
+        loss can take."""
+        async with self._lock:
+            await self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
     async def close(self) -> None:
         if self._db is not None:
             async with self._lock:
@@ -214,6 +288,16 @@ class Outbox:
         if self._db is None:
             raise OutboxError("outbox is not open")
         return self._db
+
+    @property
+    def _reservation_path(self) -> str:
+        return self.path + ".seq"
+
+    def _reserve(self, upto: int) -> None:
+        """Record, durably and before use, a bound above every seq this outbox will assign:
+        if the database is ever lost, numbering resumes above it and no seq is reused."""
+        self._reserved = upto + SEQ_RESERVE_BLOCK
+        _write_reservation(self._reservation_path, self._reserved)
 
     @property
     def last_seq(self) -> int:
@@ -258,14 +342,18 @@ class Outbox:
                     await self.db.commit()
                 except sqlite3.DatabaseError as exc:
                     await self._rollback_quietly()
-                    raise OutboxError(f"outbox write failed: {exc}") from exc
+                    raise _write_error(exc) from exc
             except sqlite3.DatabaseError as exc:
                 await self._rollback_quietly()
-                raise OutboxError(f"outbox write failed: {exc}") from exc
+                raise _write_error(exc) from exc
             self._next_seq += len(batch)
             self.depth += len(batch)
             if self.depth > self.max_rows:
-                await self._drop_oldest(self.depth - self.max_rows, "max_rows")
+                # Some room beyond the limit, so a full outbox is one gap message now and
+                # then rather than one per commit.
+                await self._drop_oldest(
+                    self.depth - self.max_rows + max(1, self.max_rows // 100), "max_rows"
+                )
         self.appended.set()
         return len(batch)
 
@@ -368,6 +456,8 @@ class Outbox:
 
     def _number(self, batch: list[PendingEvent]) -> list[tuple[Any, ...]]:
         seq = self._next_seq
+        if seq + len(batch) - 1 > self._reserved:
+            self._reserve(seq + len(batch) - 1)
         dumps = orjson.dumps
         rows = []
         for event in batch:
@@ -432,58 +522,141 @@ class Outbox:
         return deleted
 
     async def expire(self, now: float | None = None) -> int:
-        """Drop rows older than max_age (retention); returns how many were dropped."""
-        cutoff = (time.time() if now is None else now) - self.max_age
+        """Retention by age (and by size); returns how many rows were dropped.
+
+        Telemetry past `max_age` is dropped; business events only once no telemetry is left
+        to drop, so retention never takes an event while it could take a value instead.
+        """
+        now = time.time() if now is None else now
+        cutoff = now - self.max_age
         dropped = 0
         async with self._lock:
             # Remembered event ids are tiny; they outlive the data so that a line standing in
             # 'done' for weeks does not send its last batch again after a restart.
-            key_cutoff = (time.time() if now is None else now) - max(
-                self.max_age, EVENT_KEY_RETENTION
-            )
+            key_cutoff = now - max(self.max_age, EVENT_KEY_RETENTION)
             await self.db.execute("DELETE FROM event_keys WHERE created < ?", (key_cutoff,))
             await self.db.commit()
             while True:
-                rows = await _fetch(
-                    self.db, "SELECT seq, created FROM outbox ORDER BY seq LIMIT 1000"
-                )
-                expired = [seq for seq, created in rows if created < cutoff]
-                if not expired:
-                    break
-                dropped += await self._delete_range(min(expired), max(expired), "max_age")
-                if len(expired) < len(rows):
-                    break
+                seqs = await self._oldest(1000, telemetry_only=True, before=cutoff)
+                if not seqs:
+                    seqs = await self._oldest(1000, telemetry_only=False, before=cutoff)
+                    if not seqs or await self._has_telemetry():
+                        break
+                dropped += await self._drop(seqs, "max_age")
+            dropped += await self._enforce_size()
         return dropped
 
-    async def _drop_oldest(self, count: int, why: str) -> None:
+    async def _oldest(
+        self, count: int, *, telemetry_only: bool, before: float | None = None
+    ) -> list[int]:
+        # Telemetry goes first; business events and gap messages only when none is left.
+        where = ["schema LIKE 'edgegw.telemetry/%'"] if telemetry_only else []
+        params: list[Any] = []
+        if before is not None:
+            where.append("created < ?")
+            params.append(before)
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
         rows = await _fetch(
-            self.db,
-            "SELECT min(seq), max(seq) FROM (SELECT seq FROM outbox ORDER BY seq LIMIT ?)",
-            (count,),
+            self.db, f"SELECT seq FROM outbox {clause}ORDER BY seq LIMIT ?", (*params, count)
         )
-        first, last = rows[0]
-        if first is not None:
-            await self._delete_range(first, last, why)
+        return [row[0] for row in rows]
 
-    async def _delete_range(self, first: int, last: int, why: str) -> int:
-        """Retention: the caller holds the lock. Counted and logged: this is data loss."""
-        cursor = await self.db.execute(
-            "DELETE FROM outbox WHERE seq BETWEEN ? AND ?", (first, last)
+    async def _has_telemetry(self) -> bool:
+        rows = await _fetch(
+            self.db, "SELECT 1 FROM outbox WHERE schema LIKE 'edgegw.telemetry/%' LIMIT 1"
         )
-        count = cursor.rowcount
-        await self.db.execute(_BUMP_LAST_SEQ, (last,))
-        await self.db.execute("UPDATE meta SET value = value + ? WHERE name = 'dropped'", (count,))
+        return bool(rows)
+
+    async def _drop_oldest(self, count: int, why: str) -> None:
+        """Make room for `count` rows: oldest telemetry first, then oldest events."""
+        seqs = await self._oldest(count, telemetry_only=True)
+        if len(seqs) < count:
+            seqs += await self._oldest(count - len(seqs), telemetry_only=False)
+            seqs = sorted(set(seqs))[:count]
+        if seqs:
+            await self._drop(seqs, why)
+
+    async def _used_bytes(self) -> int:
+        (pages,) = (await _fetch(self.db, "PRAGMA page_count"))[0]
+        (free,) = (await _fetch(self.db, "PRAGMA freelist_count"))[0]
+        (size,) = (await _fetch(self.db, "PRAGMA page_size"))[0]
+        return int((pages - free) * size)
+
+    async def _enforce_size(self) -> int:
+        """Keep the data under `max_bytes`; deleted pages are reused, the file does not grow."""
+        if self.max_bytes is None:
+            return 0
+        dropped = 0
+        while self.depth > 1 and (used := await self._used_bytes()) > self.max_bytes:
+            # Down to 90 % of the limit, estimated from the mean row size, so that one pass
+            # (one gap message) usually does; the loop measures again after each commit.
+            per_row = used / self.depth
+            count = max(1, int((used - 0.9 * self.max_bytes) / per_row) + 1)
+            seqs = await self._oldest(count, telemetry_only=True)
+            if not seqs:
+                seqs = await self._oldest(count, telemetry_only=False)
+            if not seqs:
+                break
+            dropped += await self._drop(seqs, "max_bytes")
+        return dropped
+
+    async def _drop(self, seqs: list[int], why: str) -> int:
+        """Retention: the caller holds the lock. Counted, logged at ERROR and announced on the
+        wire with an `edgegw.gap/1` message in the same transaction: this is data loss."""
+        ranges = _ranges(sorted(seqs))
+        cursor = await self.db.executemany(
+            "DELETE FROM outbox WHERE seq = ?", [(seq,) for seq in seqs]
+        )
+        deleted = cursor.rowcount
+        await self.db.execute(_BUMP_LAST_SEQ, (ranges[-1][1],))
+        await self.db.execute(
+            "UPDATE meta SET value = value + ? WHERE name = 'dropped'", (deleted,)
+        )
+        gap = self._gap_event(ranges, deleted, why)
+        await self.db.executemany(_INSERT, self._number([gap]))
         await self.db.commit()
-        self.depth -= count
-        self.dropped += count
+        self._next_seq += 1
+        self.depth += 1 - deleted
+        self.dropped += deleted
         log.error(
-            "outbox retention dropped events count=%d first_seq=%d last_seq=%d reason=%s",
-            count,
-            first,
-            last,
+            "outbox retention dropped events count=%d ranges=%s reason=%s gap_seq=%d",
+            deleted,
+            ";".join(f"{a}-{b}" for a, b in ranges),
             why,
+            gap.payload["seq"],
         )
-        return count
+        return deleted
+
+    def _gap_event(
+        self, ranges: list[tuple[int, int]], count: int | None, why: str
+    ) -> PendingEvent:
+        now = time.time()
+        trace = os.urandom(8).hex()
+        spans = "\x1f".join(f"{a}-{b}" for a, b in ranges) or why
+        key = str(uuid.uuid5(GAP_NAMESPACE, f"{self.gateway}\x1f{spans}\x1f{self._next_seq}"))
+        payload: dict[str, Any] = {
+            "schema": GAP_SCHEMA,
+            "id": key,
+            "gateway": self.gateway,
+            "dropped": [[a, b] for a, b in ranges],
+            "count": count,
+            "reason": why,
+            "ts": iso_utc(now),
+            "seq": 0,
+            "trace": trace,
+        }
+        return PendingEvent(key, GAP_SCHEMA, self.gap_topic, payload, trace, now)
+
+
+def _ranges(seqs: list[int]) -> list[tuple[int, int]]:
+    """[1, 2, 3, 7, 8] -> [(1, 3), (7, 8)]."""
+    ranges: list[tuple[int, int]] = []
+    for seq in seqs:
+        if ranges and seq == ranges[-1][1] + 1:
+            ranges[-1] = (ranges[-1][0], seq)
+        else:
+            ranges.append((seq, seq))
+    return ranges
 
 
 def _quarantine_rows(records: Sequence[QuarantineRecord]) -> list[tuple[Any, ...]]:
@@ -509,6 +682,80 @@ def _quarantine_rows(records: Sequence[QuarantineRecord]) -> list[tuple[Any, ...
 def _event_schema(payload: bytes) -> str:
     schema = orjson.loads(payload).get("schema")
     return schema if isinstance(schema, str) else "edgegw.event/1"
+
+
+def _write_error(exc: sqlite3.DatabaseError) -> OutboxError:
+    if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc).lower():
+        return OutboxFull(f"outbox is full ({exc}): free disk space; nothing was written")
+    return OutboxError(f"outbox write failed: {exc}")
+
+
+class _Damaged(Exception):
+    """The database file fails its integrity check or is not a database."""
+
+
+def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
+    text = str(exc).lower()
+    return any(
+        sign in text for sign in ("malformed", "not a database", "corrupt", "file is encrypted")
+    )
+
+
+def _move_aside(path: str) -> str:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside = f"{path}.corrupt-{stamp}"
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(path + suffix):
+            os.replace(path + suffix, aside + suffix)
+    return aside
+
+
+def _salvage(path: str) -> list[tuple[Any, ...]]:
+    """Rows still readable in a damaged file, as insert tuples; none when nothing reads."""
+    rows: list[tuple[Any, ...]] = []
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.DatabaseError:
+        return rows
+    try:
+        cursor = db.execute(
+            "SELECT seq, id, schema, topic, payload, trace, created FROM outbox ORDER BY seq"
+        )
+        while True:
+            try:
+                row = cursor.fetchone()
+            except sqlite3.DatabaseError:
+                break
+            if row is None:
+                break
+            rows.append(tuple(row))
+    except sqlite3.DatabaseError:
+        pass
+    finally:
+        db.close()
+    return rows
+
+
+def _read_reservation(path: str) -> int:
+    try:
+        with open(path, encoding="ascii") as handle:
+            return int(handle.read().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def _write_reservation(path: str, value: int) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="ascii") as handle:
+        handle.write(f"{value}\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    directory = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def _prepare_directory(path: str) -> None:

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, PlainValidator, WithJsonSchema, model_validator
 
-from edgegw.config.types import Duration, Name, StrictModel, check_url_port
+from edgegw.config.types import ByteSize, Duration, Name, StrictModel, check_url_port
 from edgegw.events.config import EventConfig, SequenceConfig
 from edgegw.sources.modbus.config import ModbusSourceConfig
 from edgegw.sources.opcua.config import OpcUaSourceConfig
@@ -90,6 +90,10 @@ class MqttSection(StrictModel):
         default="{site}/{area}/{line}/{gateway}/status",
         description="Retained 'online' on connect, 'offline' as last will.",
     )
+    gap_topic: str = Field(
+        default="{site}/{area}/{line}/{gateway}/gap",
+        description="Where edgegw.gap/1 messages say which seq ranges retention dropped.",
+    )
     event_topic: str = Field(
         default="{site}/{area}/{line}/events/{type}",
         description="Business events; placeholders: site area line gateway type.",
@@ -108,6 +112,7 @@ class MqttSection(StrictModel):
     def _check_topics(self) -> MqttSection:
         check_template(self.topic, TOPIC_PLACEHOLDERS, "topic")
         check_template(self.status_topic, STATUS_PLACEHOLDERS, "status_topic")
+        check_template(self.gap_topic, STATUS_PLACEHOLDERS, "gap_topic")
         check_template(self.event_topic, EVENT_TOPIC_PLACEHOLDERS, "event_topic")
         check_template(self.schema_topic, EVENT_TOPIC_PLACEHOLDERS, "schema_topic")
         if self.keepalive < 1:
@@ -133,6 +138,11 @@ class OutboxSection(StrictModel):
     )
     max_rows: int = Field(default=10_000_000, ge=1000, description="Retention by row count.")
     max_age: Duration = Field(default=7 * 86400.0, description="Retention by age, e.g. '7d'.")
+    max_bytes: ByteSize | None = Field(
+        default=None,
+        description="Retention by size of the stored data, e.g. '2GB' (the file itself keeps "
+        "its largest size; freed pages are reused). Default: no limit.",
+    )
     path: str | None = Field(
         default=None, description="Database file; default: {state_dir}/outbox.sqlite3."
     )
@@ -157,6 +167,7 @@ class GatewayConfig(StrictModel):
         for template, what in (
             (self.mqtt.topic, "mqtt.topic"),
             (self.mqtt.status_topic, "mqtt.status_topic"),
+            (self.mqtt.gap_topic, "mqtt.gap_topic"),
             *(
                 # Only used when there are events: a telemetry-only config need not set site.
                 [

@@ -65,6 +65,41 @@ Duration = Annotated[
 """Seconds, written in YAML with a unit."""
 
 
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*$")
+_SIZE_UNITS = {
+    "B": 1,
+    "KB": 1000,
+    "MB": 1000**2,
+    "GB": 1000**3,
+    "TB": 1000**4,
+    "KiB": 1024,
+    "MiB": 1024**2,
+    "GiB": 1024**3,
+    "TiB": 1024**4,
+}
+
+
+def parse_size(value: Any) -> int:
+    """'500MB', '2GiB', '1048576B' -> bytes; a bare number is refused, like durations."""
+    if isinstance(value, str) and (match := _SIZE.match(value)):
+        size = int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+        if size < 1_000_000:
+            raise ValueError(f"'{value}' is too small for an outbox; give at least 1MB")
+        return size
+    raise ValueError(
+        f"expected a size with its unit such as '500MB' or '2GiB' "
+        f"(B, KB, MB, GB, TB, KiB, MiB, GiB, TiB), got {value!r}"
+    )
+
+
+ByteSize = Annotated[
+    int,
+    BeforeValidator(parse_size),
+    WithJsonSchema({"type": "string", "pattern": r"^\d+(\.\d+)?(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$"}),
+]
+"""Bytes, written in YAML with a unit."""
+
+
 class StrictModel(BaseModel):
     """Base of every config section: unknown keys are errors, models are immutable."""
 

@@ -15,7 +15,11 @@ from edgegw.config.model import GatewayConfig
 from edgegw.events.config import EventConfig
 from edgegw.events.contract import build_contract
 
-ENVELOPES = {"edgegw.telemetry-1": "telemetry-1.json", "edgegw.event-1": "event-1.json"}
+ENVELOPES = {
+    "edgegw.telemetry-1": "telemetry-1.json",
+    "edgegw.event-1": "event-1.json",
+    "edgegw.gap-1": "gap-1.json",
+}
 
 
 def envelope(name: str) -> dict[str, Any]:

@@ -8,16 +8,11 @@ unbroken run of values per tag.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
-import sqlite3
 import time
-from collections import defaultdict
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
-import orjson
 import pytest
 
 from edgegw.app import Gateway
@@ -31,8 +26,14 @@ from tests.support.gateway import (
     config_dict,
     write_config,
 )
+from tests.support.ledger import (
+    assert_complete,
+    assert_unbroken_runs,
+    delivered_and_stored,
+    telemetry,
+)
 from tests.support.proxy import CuttableProxy
-from tests.support.subscriber import Received, Subscriber
+from tests.support.subscriber import Subscriber
 from tests.support.wait import until
 
 
@@ -48,55 +49,6 @@ async def plc() -> AsyncIterator[ModbusPlc]:
 def subscriber(mosquitto: Mosquitto) -> AsyncIterator[Subscriber]:
     with Subscriber(mosquitto.port, "s/a/l/#") as sub:
         yield sub
-
-
-def telemetry(messages: list[Received]) -> list[dict[str, Any]]:
-    return [orjson.loads(m.payload) for m in messages if not m.topic.endswith("/status")]
-
-
-def stored(outbox_path: str) -> list[dict[str, Any]]:
-    """Messages still waiting in the outbox file."""
-    with contextlib.closing(sqlite3.connect(outbox_path)) as db:
-        return [
-            orjson.loads(row[0]) for row in db.execute("SELECT payload FROM outbox ORDER BY seq")
-        ]
-
-
-async def delivered_and_stored(
-    subscriber: Subscriber, outbox_path: str
-) -> tuple[list[dict[str, Any]], int]:
-    """What the consumer received plus what still waits in the outbox, and the last seq."""
-    stats = read_stats(outbox_path)
-    left = stored(outbox_path)
-    sent = set(range(1, stats.last_seq + 1)) - {p["seq"] for p in left}
-    received = await subscriber.wait_for(
-        lambda m: {p["seq"] for p in telemetry(m)} >= sent, 10, what="every acknowledged seq"
-    )
-    return telemetry(received) + left, stats.last_seq
-
-
-def assert_complete(received: list[dict[str, Any]], last_seq: int) -> dict[int, str]:
-    """Every seq 1..last_seq arrived, each always with the same id, and nothing else."""
-    id_of_seq: dict[int, str] = {}
-    for message in received:
-        previous = id_of_seq.setdefault(message["seq"], message["id"])
-        assert previous == message["id"], f"seq {message['seq']} arrived with two ids"
-    missing = sorted(set(range(1, last_seq + 1)) - set(id_of_seq))
-    assert not missing, f"{len(missing)} seqs never arrived, first {missing[:10]}"
-    assert max(id_of_seq) == last_seq
-    assert len(set(id_of_seq.values())) == last_seq, "two seqs share an id"
-    return id_of_seq
-
-
-def assert_unbroken_runs(received: list[dict[str, Any]]) -> int:
-    """Each bench tag increments at every read: its distinct values form one unbroken run."""
-    by_tag: dict[str, set[int]] = defaultdict(set)
-    for message in received:
-        if message["quality"] == "good":
-            by_tag[message["tag"]].add(message["value"])
-    for tag, seen in by_tag.items():
-        assert seen == set(range(min(seen), max(seen) + 1)), f"{tag} lost values"
-    return sum(len(seen) for seen in by_tag.values())
 
 
 async def run_in_background(gateway: Gateway) -> asyncio.Task[None]:

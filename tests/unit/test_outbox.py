@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import time
 from pathlib import Path
 
@@ -11,9 +13,11 @@ import pytest
 from edgegw.outbox import Outbox, PendingEvent, read_stats
 
 
-def event(key: str, created: float | None = None) -> PendingEvent:
-    payload = {"schema": "edgegw.telemetry/1", "id": key, "value": 1, "seq": 0, "trace": "t"}
-    return PendingEvent(key, "edgegw.telemetry/1", "a/b", payload, "t", created or time.time())
+def event(
+    key: str, created: float | None = None, schema: str = "edgegw.telemetry/1", size: int = 0
+) -> PendingEvent:
+    payload = {"schema": schema, "id": key, "value": "x" * size or 1, "seq": 0, "trace": "t"}
+    return PendingEvent(key, schema, "a/b", payload, "t", created or time.time())
 
 
 @pytest.fixture
@@ -83,24 +87,63 @@ async def test_unacknowledged_rows_survive_a_restart_with_key_and_seq(tmp_path: 
     await again.close()
 
 
-async def test_retention_by_rows_drops_oldest_and_counts(tmp_path: Path) -> None:
-    box = Outbox(str(tmp_path / "o.sqlite3"), max_rows=1000)
+async def test_retention_by_rows_drops_oldest_counts_and_announces_the_gap(
+    tmp_path: Path,
+) -> None:
+    box = Outbox(str(tmp_path / "o.sqlite3"), max_rows=1000, gateway="gw1", gap_topic="g/gap")
     await box.open()
     await box.append([event(f"k{i}") for i in range(1200)])
     rows = await box.claim(0, 5000)
-    assert len(rows) == 1000
-    assert rows[0].seq == 201
-    assert box.dropped == 200
+    # 200 over the limit plus 1 % of room, so the next commits do not each drop again
+    assert box.dropped == 210
+    gap = rows[-1]
+    assert (gap.schema, gap.topic, gap.seq) == ("edgegw.gap/1", "g/gap", 1201)
+    message = orjson.loads(gap.payload)
+    assert message["dropped"] == [[1, 210]]
+    assert (message["count"], message["reason"], message["gateway"]) == (210, "max_rows", "gw1")
+    assert [row.seq for row in rows[:-1]] == list(range(211, 1201))
     await box.close()
-    assert read_stats(box.path).dropped == 200
+    assert read_stats(box.path).dropped == 210
+
+
+async def test_retention_drops_telemetry_before_business_events(tmp_path: Path) -> None:
+    box = Outbox(str(tmp_path / "o.sqlite3"), max_rows=1000)
+    await box.open()
+    business = [event(f"e{i}", schema="edgegw.event/1") for i in range(5)]
+    await box.append([*business, *(event(f"t{i}") for i in range(1100))])
+    rows = await box.claim(0, 5000)
+    assert [row.id for row in rows[:5]] == [f"e{i}" for i in range(5)]
+    message = orjson.loads(rows[-1].payload)
+    assert message["dropped"] == [[6, 120]]  # only telemetry went
+    await box.close()
 
 
 async def test_retention_by_age(outbox: Outbox) -> None:
     now = time.time()
     old = [event(f"old{i}", created=now - 8 * 86400) for i in range(3)]
-    await outbox.append([*old, event("new", created=now)])
+    old_business = event("old-event", created=now - 8 * 86400, schema="edgegw.event/1")
+    await outbox.append([*old, old_business, event("new", created=now)])
     assert await outbox.expire(now) == 3
-    assert [row.id for row in await outbox.claim(0, 10)] == ["new"]
+    rows = await outbox.claim(0, 10)
+    # the expired event stays while any telemetry is left to drop instead
+    assert [row.id for row in rows[:2]] == ["old-event", "new"]
+    assert orjson.loads(rows[2].payload)["dropped"] == [[1, 3]]
+
+
+async def test_retention_by_size_keeps_the_data_under_max_bytes(tmp_path: Path) -> None:
+    box = Outbox(str(tmp_path / "o.sqlite3"), max_bytes=400_000)
+    await box.open()
+    for start in range(0, 6000, 500):
+        await box.append([event(f"k{i}", size=400) for i in range(start, start + 500)])
+        await box.expire()
+    assert await box._used_bytes() <= 400_000
+    assert box.dropped > 0
+    rows = await box.claim(0, 10_000)
+    kept = [row for row in rows if row.schema != "edgegw.gap/1"]
+    gaps = [orjson.loads(row.payload) for row in rows if row.schema == "edgegw.gap/1"]
+    assert sum(gap["count"] for gap in gaps) == box.dropped
+    assert len(kept) + box.dropped == 6000
+    await box.close()
 
 
 async def test_stats_while_open(outbox: Outbox) -> None:
@@ -111,11 +154,88 @@ async def test_stats_while_open(outbox: Outbox) -> None:
     assert stats.file_bytes > 0
 
 
-async def test_damaged_file_is_reported_plainly(tmp_path: Path) -> None:
-    path = tmp_path / "outbox.sqlite3"
-    path.write_bytes(b"this is not a database" * 100)
-    from edgegw.errors import OutboxError
+def read_bytes(path: str) -> bytes:
+    return Path(path).read_bytes()
 
-    box = Outbox(str(path))
-    with pytest.raises(OutboxError, match="outbox"):
-        await box.open()
+
+def damage_index(path: Path) -> None:
+    """Overwrite the page header of the outbox's id index: quick_check fails, while the
+    table's own pages still read."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        root = db.execute(
+            "SELECT rootpage FROM sqlite_master WHERE type='index' AND tbl_name='outbox'"
+        ).fetchone()[0]
+        page_size = db.execute("PRAGMA page_size").fetchone()[0]
+    with open(path, "r+b") as handle:
+        handle.seek((root - 1) * page_size)
+        handle.write(b"\x0d\xff\xff\xff" * 8)
+
+
+async def test_a_file_that_is_no_database_is_moved_aside_and_seq_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    box = Outbox(str(path), gateway="gw1")
+    await box.open()
+    await box.append([event(f"k{i}") for i in range(10)])
+    await box.close()
+    garbage = b"this is not a database" * 200
+    path.write_bytes(garbage)  # e.g. a controller's write cache lost on power failure
+
+    again = Outbox(str(path), gateway="gw1")
+    await again.open()
+    assert again.corrupt_moved_to is not None
+    assert read_bytes(again.corrupt_moved_to) == garbage  # kept, never deleted
+    rows = await again.claim(0, 10)
+    assert [row.schema for row in rows] == ["edgegw.gap/1"]
+    gap = orjson.loads(rows[0].payload)
+    assert gap["count"] is None
+    assert "corrupt outbox moved to" in gap["reason"]
+    # above every seq ever assigned (1..10), thanks to the reservation file
+    assert rows[0].seq > 10
+    await again.append([event("after")])
+    assert (await again.claim(rows[0].seq, 10))[0].seq == rows[0].seq + 1
+    await again.close()
+    assert any("ALARM outbox" in r.message and "damaged" in r.message for r in caplog.records)
+
+
+async def test_readable_rows_of_a_damaged_file_are_carried_over(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    box = Outbox(str(path), gateway="gw1")
+    await box.open()
+    await box.append([event(f"k{i}") for i in range(50)])
+    await box.delete_acknowledged(range(1, 11))
+    await box.close()
+    damage_index(path)
+
+    again = Outbox(str(path), gateway="gw1")
+    await again.open()
+    assert again.corrupt_moved_to is not None
+    rows = await again.claim(0, 100)
+    carried = [row.id for row in rows if row.schema != "edgegw.gap/1"]
+    assert carried == [f"k{i}" for i in range(10, 50)]
+    assert [row.seq for row in rows[:40]] == list(range(11, 51))
+    await again.close()
+
+
+async def test_normal_mode_syncs_the_wal_on_request(tmp_path: Path) -> None:
+    box = Outbox(str(tmp_path / "o.sqlite3"), synchronous="normal")
+    await box.open()
+    await box.append([event(f"k{i}") for i in range(100)])
+    await box.sync()  # a checkpoint: the rows are in the main file, fsynced
+    await box.close()
+    with contextlib.closing(sqlite3.connect(tmp_path / "o.sqlite3")) as db:
+        assert db.execute("SELECT count(*) FROM outbox").fetchone()[0] == 100
+
+
+async def test_a_gap_message_follows_its_schema(tmp_path: Path) -> None:
+    import jsonschema
+
+    from edgegw.events.schemas import envelope
+
+    box = Outbox(str(tmp_path / "o.sqlite3"), max_rows=1000, gateway="gw1", gap_topic="g")
+    await box.open()
+    await box.append([event(f"k{i}") for i in range(1100)])
+    gap = [row for row in await box.claim(0, 2000) if row.schema == "edgegw.gap/1"]
+    jsonschema.validate(orjson.loads(gap[0].payload), envelope("edgegw.gap-1"))
+    await box.close()

@@ -1,0 +1,306 @@
+"""Crashes, outages and full or broken disks between the outbox and the consumer.
+
+Every test counts: each committed seq 1..last reaches the subscriber (or still waits in the
+outbox), every resend is byte-identical to its first copy, and the bench registers (which
+change at every read) arrive as unbroken runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from edgegw.app import Gateway
+from edgegw.outbox import read_stats
+from simulators.modbus_plc import ModbusPlc
+from tests.faults.conftest import FaultReport
+from tests.support.broker import Mosquitto
+from tests.support.gateway import (
+    GatewayProcess,
+    bench_tags,
+    build_config,
+    config_dict,
+    write_config,
+)
+from tests.support.ledger import (
+    assert_complete,
+    assert_unbroken_runs,
+    identical_duplicates,
+    stored,
+    telemetry,
+)
+from tests.support.proxy import CuttableProxy
+from tests.support.subscriber import Subscriber
+from tests.support.wait import until
+
+# Longer than the project default: each test runs the gateway several times; on a busy
+# 2-core machine a run takes a few seconds more.
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture
+async def plc() -> AsyncIterator[ModbusPlc]:
+    sim = ModbusPlc(host="127.0.0.1", port=0, tick=0, bench_registers=60)
+    await sim.start()
+    yield sim
+    await sim.stop()
+
+
+@pytest.fixture
+def subscriber(mosquitto: Mosquitto) -> AsyncIterator[Subscriber]:
+    with Subscriber(mosquitto.port, "s/a/l/#") as sub:
+        yield sub
+
+
+async def drain_and_count(
+    path: Path,
+    subscriber: Subscriber,
+    report: FaultReport,
+    fault: str,
+    note: str = "",
+    *,
+    unbroken: bool = True,
+) -> None:
+    """Run the gateway until its outbox is empty, stop it, and count in vs out."""
+    outbox = str(path.parent / "outbox.sqlite3")
+    process = GatewayProcess(path)
+    starts = started(process)
+    await process.start()
+    await until(lambda: started(process) > starts, 20, "the gateway started")
+    await until(lambda: read_stats(outbox).depth == 0, 30, "the backlog sent")
+    process.signal(signal.SIGTERM)
+    assert await process.wait(15) == 0
+    last = read_stats(outbox).last_seq
+    received = await subscriber.wait_for(
+        lambda m: {p["seq"] for p in telemetry(m)} >= set(range(1, last + 1)),
+        15,
+        what="every committed seq",
+    )
+    assert_complete(telemetry(received), last)
+    if unbroken:
+        # Without a crash not even a value read and not yet committed may go missing.
+        assert_unbroken_runs(telemetry(received))
+    _distinct, duplicates = identical_duplicates(received)
+    report.add(
+        fault,
+        events_in=last,
+        events_out=len({p["seq"] for p in telemetry(received)}),
+        duplicates=duplicates,
+        lost=last - len({p["seq"] for p in telemetry(received)}),
+        note=note,
+    )
+    assert not stored(outbox)
+
+
+def started(process: GatewayProcess) -> int:
+    """How many runs logged their start (the log file is shared by the runs of a test)."""
+    return sum("gateway started" in line.get("msg", "") for line in process.log())
+
+
+def kept_aside(directory: Path) -> list[Path]:
+    return list(directory.glob("outbox.sqlite3.corrupt-*"))
+
+
+def gateway_yaml(tmp_path: Path, mqtt_port: int, plc: ModbusPlc, tags: int = 40) -> Path:
+    data = config_dict(tmp_path, mqtt_port, plc.port, bench_tags(tags), poll="50ms")
+    data["mqtt"]["inflight"] = 20
+    return write_config(tmp_path / "gw.yaml", data)
+
+
+async def test_kill_9_at_random_moments(
+    tmp_path: Path,
+    plc: ModbusPlc,
+    mosquitto: Mosquitto,
+    subscriber: Subscriber,
+    fault_report: FaultReport,
+) -> None:
+    path = gateway_yaml(tmp_path, mosquitto.port, plc)
+    chance = random.Random(5)
+    for round_ in range(12):
+        process = await GatewayProcess(path).start()
+        before = len(subscriber.messages)
+        await subscriber.wait_for(lambda m, b=before: len(m) > b + 20, 20, what="traffic")
+        await asyncio.sleep(chance.uniform(0.0, 0.6))  # the random moment of the crash
+        await process.kill()
+        assert process.process is not None
+        assert process.process.returncode == -signal.SIGKILL, f"round {round_}"
+    # A crash loses what was read and not yet committed (never accepted): count commits only.
+    await drain_and_count(
+        path, subscriber, fault_report, "kill -9 x12 at random moments", unbroken=False
+    )
+
+
+async def test_link_cuts_including_between_publish_and_puback(
+    tmp_path: Path,
+    plc: ModbusPlc,
+    mosquitto: Mosquitto,
+    subscriber: Subscriber,
+    fault_report: FaultReport,
+) -> None:
+    proxy = await CuttableProxy(mosquitto.port).start()
+    path = gateway_yaml(tmp_path, proxy.port, plc)
+    chance = random.Random(7)
+    process = await GatewayProcess(path).start()
+    try:
+        for _ in range(12):
+            before = len(subscriber.messages)
+            # Cut the moment a message reaches the subscriber: its PUBACK is then usually
+            # still on its way back to the gateway, so the gateway must send it again.
+            await subscriber.wait_for(lambda m, b=before: len(m) > b, 10, what="a publish")
+            proxy.cut()
+            await asyncio.sleep(chance.uniform(0.05, 0.8))
+            proxy.heal()
+        process.signal(signal.SIGTERM)
+        assert await process.wait(15) == 0
+    finally:
+        await proxy.stop()
+    # The last run goes straight to the broker.
+    direct = write_config(
+        path, config_dict(tmp_path, mosquitto.port, plc.port, bench_tags(40), poll="50ms")
+    )
+    await drain_and_count(direct, subscriber, fault_report, "link cut x12 (PUBLISH/PUBACK)")
+
+
+async def test_broker_stop_and_start(
+    tmp_path: Path,
+    plc: ModbusPlc,
+    mosquitto: Mosquitto,
+    subscriber: Subscriber,
+    fault_report: FaultReport,
+) -> None:
+    path = gateway_yaml(tmp_path, mosquitto.port, plc)
+    process = await GatewayProcess(path).start()
+    outbox = str(tmp_path / "outbox.sqlite3")
+    try:
+        for _ in range(3):
+            await subscriber.wait_for(lambda m: len(m) > 20, 10, what="traffic")
+            mosquitto.stop()
+            committed = read_stats(outbox).last_seq
+            await until(lambda c=committed: read_stats(outbox).last_seq > c + 200, 10, "backlog")
+            mosquitto.start()
+            subscriber.start()
+        process.signal(signal.SIGTERM)
+        assert await process.wait(15) == 0
+    finally:
+        if not mosquitto.running:
+            mosquitto.start()
+    await drain_and_count(path, subscriber, fault_report, "broker stop/start x3")
+
+
+async def test_sigterm_with_a_large_backlog(
+    tmp_path: Path,
+    plc: ModbusPlc,
+    mosquitto: Mosquitto,
+    subscriber: Subscriber,
+    fault_report: FaultReport,
+) -> None:
+    proxy = await CuttableProxy(mosquitto.port).start()
+    path = gateway_yaml(tmp_path, proxy.port, plc, tags=60)
+    outbox = str(tmp_path / "outbox.sqlite3")
+    process = await GatewayProcess(path).start()
+    try:
+        await subscriber.wait_for(lambda m: len(m) > 10, 10, what="traffic")
+        proxy.cut()  # the broker out of reach: the backlog grows on disk
+        await until(lambda: read_stats(outbox).depth >= 20_000, 60, "a backlog of 20,000")
+        backlog = read_stats(outbox).depth
+        started = time.monotonic()
+        process.signal(signal.SIGTERM)
+        assert await process.wait(20) == 0
+        stop_seconds = time.monotonic() - started
+    finally:
+        await proxy.stop()
+    assert read_stats(outbox).depth >= backlog  # everything waits on disk
+    direct = write_config(
+        path, config_dict(tmp_path, mosquitto.port, plc.port, bench_tags(60), poll="50ms")
+    )
+    await drain_and_count(
+        direct,
+        subscriber,
+        fault_report,
+        "SIGTERM with a backlog",
+        note=f"backlog {backlog}, exit 0 in {stop_seconds:.1f} s",
+    )
+
+
+async def test_disk_full_stops_intake_and_resumes(
+    tmp_path: Path,
+    plc: ModbusPlc,
+    mosquitto: Mosquitto,
+    subscriber: Subscriber,
+    fault_report: FaultReport,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    data = config_dict(tmp_path, mosquitto.port, plc.port, bench_tags(40), poll="50ms")
+    gateway = Gateway(build_config(data))
+    task = asyncio.create_task(gateway.run())
+    await asyncio.wait_for(gateway.started.wait(), 10)
+    try:
+        await until(lambda: gateway.committed > 200, 10, "commits")
+        async with gateway.outbox._lock:
+            # SQLite's own ceiling stands in for a full filesystem: writes fail with
+            # SQLITE_FULL exactly as they would on a full disk.
+            (pages,) = await (await gateway.outbox.db.execute("PRAGMA page_count")).fetchone()
+            await gateway.outbox.db.execute(f"PRAGMA max_page_count = {pages}")
+        await until(lambda: gateway.outbox_alarm is not None, 15, "the disk-full alarm")
+        stuck = gateway.committed
+        await asyncio.sleep(0.5)
+        assert gateway.committed == stuck  # intake stopped; nothing half-written
+        async with gateway.outbox._lock:
+            await gateway.outbox.db.execute("PRAGMA max_page_count = 1073741823")
+        await until(lambda: gateway.committed > stuck + 100, 15, "intake resumed")
+        assert gateway.outbox_alarm is None
+    finally:
+        gateway.request_stop()
+        await asyncio.wait_for(task, 20)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("ALARM intake stopped" in m and "full" in m for m in messages)
+    assert any("intake resumed" in m for m in messages)
+    path = write_config(tmp_path / "gw.yaml", data)
+    await drain_and_count(path, subscriber, fault_report, "disk full, then space freed")
+
+
+async def test_corrupt_database_at_start(
+    tmp_path: Path,
+    plc: ModbusPlc,
+    mosquitto: Mosquitto,
+    subscriber: Subscriber,
+    fault_report: FaultReport,
+) -> None:
+    path = gateway_yaml(tmp_path, mosquitto.port, plc)
+    outbox = tmp_path / "outbox.sqlite3"
+    process = await GatewayProcess(path).start()
+    await subscriber.wait_for(lambda m: len(m) > 50, 10, what="traffic")
+    process.signal(signal.SIGTERM)
+    assert await process.wait(15) == 0
+    first_run = read_stats(str(outbox)).last_seq
+    outbox.write_bytes(b"\0garbage, as after a failed disk write" * 500)
+
+    process = await GatewayProcess(path).start()
+    gap = await subscriber.wait_for(
+        lambda m: any(p.get("schema") == "edgegw.gap/1" for p in telemetry(m)),
+        15,
+        what="the gap message",
+    )
+    process.signal(signal.SIGTERM)
+    assert await process.wait(15) == 0
+    notice = next(p for p in telemetry(gap) if p.get("schema") == "edgegw.gap/1")
+    assert notice["seq"] > first_run  # numbering goes on above everything sent before
+    assert "corrupt outbox moved to" in notice["reason"]
+    assert kept_aside(tmp_path), "the damaged file is kept"
+    assert any("ALARM outbox" in line.get("msg", "") for line in process.log())
+    received = telemetry(subscriber.messages)
+    after = sorted(p["seq"] for p in received if p["seq"] >= notice["seq"])
+    assert after == list(range(notice["seq"], after[-1] + 1))  # gap-free after the notice
+    fault_report.add(
+        "corrupt outbox at start",
+        events_in=len(after),
+        events_out=len(after),
+        lost=0,
+        note=f"moved aside; seq {first_run} -> {notice['seq']}; gap message sent",
+    )
