@@ -12,6 +12,7 @@ from edgegw.config.model import GatewayConfig
 from edgegw.errors import OutboxError
 from edgegw.events.schemas import announcements
 from edgegw.forwarder import Forwarder
+from edgegw.metrics import serve
 from edgegw.outbox import NORMAL_SYNC_INTERVAL, Outbox, PendingEvent
 from edgegw.pipeline import Pipeline
 from edgegw.quarantine import QuarantineRecord
@@ -74,7 +75,11 @@ class Gateway:
         self.stop_requested = asyncio.Event()
         self.committed = 0
         self.outbox_alarm: str | None = None  # why the outbox refuses data, while it does
+        self.metrics_port: int | None = None  # the bound port of /metrics, once serving
         self.started = asyncio.Event()
+
+    def _metrics_bound(self, port: int) -> None:
+        self.metrics_port = port
 
     def request_stop(self) -> None:
         self.stop_requested.set()
@@ -90,6 +95,14 @@ class Gateway:
                 syncer = (
                     group.create_task(self._sync_forever(), name="outbox-sync")
                     if self.config.outbox.synchronous == "normal"
+                    else None
+                )
+                http = self.config.http
+                server = (
+                    group.create_task(
+                        serve(self, http.host, http.port, self._metrics_bound), name="metrics"
+                    )
+                    if http is not None
                     else None
                 )
                 readers = [
@@ -126,6 +139,8 @@ class Gateway:
                 expirer.cancel()
                 if syncer is not None:
                     syncer.cancel()
+                if server is not None:
+                    server.cancel()
                 forwarder_stop.set()
         finally:
             await self.outbox.close()

@@ -81,6 +81,9 @@ _BOUNDS = {
 }
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\u0085\u2028\u2029]")
+
+
 def format_issue(path_file: str, mark: Mark | None, loc_path: str, message: str) -> str:
     """`FILE:LINE:COL loc_path: message`; without a mark `FILE loc_path: message`.
 
@@ -88,7 +91,9 @@ def format_issue(path_file: str, mark: Mark | None, loc_path: str, message: str)
     `FILE:LINE:COL: message`.
     """
     where = path_file if mark is None else f"{path_file}:{mark.line}:{mark.column}"
-    return f"{where} {loc_path}: {message}" if loc_path else f"{where}: {message}"
+    issue = f"{where} {loc_path}: {message}" if loc_path else f"{where}: {message}"
+    # One issue, one line: a value quoted back with a line break must not split it.
+    return _CONTROL.sub(lambda m: repr(m.group(0))[1:-1], issue)
 
 
 def loc_to_path(loc: tuple[str | int, ...]) -> str:
@@ -388,6 +393,8 @@ def _show(value: Any) -> str:
         return "a mapping"
     if isinstance(value, list):
         return "a list"
+    if isinstance(value, int) and value.bit_length() > 128:
+        return "a number far too large"
     text = repr(value)
     return text if len(text) <= 40 else text[:39] + "…"
 

@@ -15,7 +15,6 @@ from typing import Any
 from edgegw.config.diagnostics import format_issue, loc_to_path
 from edgegw.config.yamlpos import Path, YamlDocument
 
-_REFERENCE = re.compile(r"\$\$\{|\$\{([^}]*)\}")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -44,28 +43,48 @@ def expand_env(doc: YamlDocument, environ: Mapping[str, str]) -> list[str]:
 
 
 def _expand(text: str, environ: Mapping[str, str]) -> tuple[str, list[str]]:
+    """One left-to-right pass (no regex): linear even for thousands of unclosed `${`."""
     problems: list[str] = []
+    out: list[str] = []
+    pos = 0
+    while (start := text.find("$", pos)) != -1:
+        out.append(text[pos:start])
+        if text.startswith("$${", start):
+            out.append("${")
+            pos = start + 3
+            continue
+        if not text.startswith("${", start):
+            out.append("$")
+            pos = start + 1
+            continue
+        end = text.find("}", start + 2)
+        if end == -1:
+            problems.append("'${' without a closing '}'; write ${NAME}, or $${ for a literal '${'")
+            out.append(text[start:])
+            pos = len(text)
+            break
+        out.append(_substitute(text[start + 2 : end], environ, problems))
+        pos = end + 1
+    out.append(text[pos:])
+    return "".join(out), problems
 
-    def substitute(match: re.Match[str]) -> str:
-        if match.group(0) == "$${":
-            return "${"
-        body = match.group(1)
-        name, has_default, default = body.partition(":-")
-        if not _NAME.match(name):
-            problems.append(
-                f"'${{{body}}}' is not a variable reference; write ${{NAME}} or "
-                "${NAME:-default} (letters, digits, '_'), or $${ for a literal '${'"
-            )
-            return match.group(0)
-        value = environ.get(name)
-        if value is not None:
-            return value
-        if has_default:
-            return default
+
+def _substitute(body: str, environ: Mapping[str, str], problems: list[str]) -> str:
+    name, has_default, default = body.partition(":-")
+    if not _NAME.match(name):
+        shown = body if len(body) <= 40 else body[:37] + "..."
         problems.append(
-            f"environment variable {name} is not set (referenced as ${{{name}}}); set it "
-            f"(systemd: Environment= or EnvironmentFile=) or give a default: ${{{name}:-value}}"
+            f"'${{{shown}}}' is not a variable reference; write ${{NAME}} or "
+            "${NAME:-default} (letters, digits, '_'), or $${ for a literal '${'"
         )
-        return match.group(0)
-
-    return _REFERENCE.sub(substitute, text), problems
+        return "${" + body + "}"
+    value = environ.get(name)
+    if value is not None:
+        return value
+    if has_default:
+        return default
+    problems.append(
+        f"environment variable {name} is not set (referenced as ${{{name}}}); set it "
+        f"(systemd: Environment= or EnvironmentFile=) or give a default: ${{{name}:-value}}"
+    )
+    return "${" + body + "}"

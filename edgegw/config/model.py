@@ -148,12 +148,38 @@ class OutboxSection(StrictModel):
     )
 
 
+def _check_listen(value: object) -> str:
+    if not isinstance(value, str) or value.count(":") != 1:
+        raise ValueError(f"expected HOST:PORT such as '127.0.0.1:9108', got {value!r}")
+    host, port = value.rsplit(":", 1)
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"'{value}' is not HOST:PORT with a port 0..65535")
+    return value
+
+
+class HttpSection(StrictModel):
+    listen: Annotated[str, PlainValidator(_check_listen), WithJsonSchema({"type": "string"})] = (
+        Field(description="Where /metrics and /healthz are served, e.g. 127.0.0.1:9108.")
+    )
+
+    @property
+    def host(self) -> str:
+        return self.listen.rsplit(":", 1)[0]
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rsplit(":", 1)[1])
+
+
 class GatewayConfig(StrictModel):
     """The whole configuration file."""
 
     gateway: GatewaySection
     mqtt: MqttSection = Field(default_factory=MqttSection)
     outbox: OutboxSection = Field(default_factory=OutboxSection)
+    http: HttpSection | None = Field(
+        default=None, description="Local HTTP endpoint for Prometheus metrics and health."
+    )
     sources: list[SourceConfig] = Field(min_length=1)
     events: list[EventConfig] = Field(
         default_factory=list, description="Business events derived from tag changes."

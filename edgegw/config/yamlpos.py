@@ -109,13 +109,22 @@ def load_yaml_file(path: str | os.PathLike[str]) -> YamlDocument:
 
 def load_yaml_text(text: str, path: str = "<string>") -> YamlDocument:
     """Load YAML text; `path` is only used in messages. ConfigError lists every problem."""
-    root = _compose_single(text, path)
+    try:
+        root = _compose_single(text, path)
+        if root is not None and not (
+            isinstance(root, ScalarNode) and root.tag == _TAG + "null" and root.value == ""
+        ):
+            builder = _Builder(path)
+            data = builder.build(root, ())
+    except RecursionError:
+        # PyYAML and the builder recurse per level: hundreds of nested levels exhaust the
+        # stack. No real config nests more than a dozen.
+        message = "the file nests lists or mappings too deeply to be a configuration"
+        raise ConfigError(with_summary([format_issue(path, None, "", message)])) from None
     if root is None or (
         isinstance(root, ScalarNode) and root.tag == _TAG + "null" and root.value == ""
     ):
         raise ConfigError(with_summary([format_issue(path, None, "", "file is empty")]))
-    builder = _Builder(path)
-    data = builder.build(root, ())
     if builder.problems:
         builder.problems.sort(key=lambda problem: (problem[0].line, problem[0].column))
         raise ConfigError(with_summary([issue for _, issue in builder.problems]))
@@ -143,6 +152,10 @@ def _compose_single(text: str, path: str) -> Node | None:
         raise ConfigError(with_summary([_reader_issue(path, text, exc)])) from None
     finally:
         loader.dispose()
+
+
+def _clip(text: str) -> str:
+    return repr(text) if len(text) <= 40 else repr(text[:37]) + "…"
 
 
 def _mark(mark: yaml.Mark) -> Mark:
@@ -302,17 +315,29 @@ class _Builder:
             )
             return None
         try:
-            return self._constructor.construct_object(node, deep=True)
-        except (yaml.YAMLError, ValueError, KeyError):  # `!!int abc`, `!!bool maybe`
-            self.problem(node, path, f"cannot read {node.value!r} as {_short_tag(node.tag)}")
+            value = self._constructor.construct_object(node, deep=True)
+        except (yaml.YAMLError, ValueError, KeyError, IndexError):  # `!!int abc`, `!!int ""`
+            self.problem(node, path, f"cannot read {_clip(node.value)} as {_short_tag(node.tag)}")
             return None
+        if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+            # Python refuses to print integers of more than 4,300 digits; none is meaningful.
+            self.problem(node, path, f"the number {_clip(node.value)} is far too large")
+            return None
+        return value
 
     def _key(self, node: Node, path: Path) -> str | int | None:
         """The key as plain data; None (after recording a problem) if it cannot be one."""
         if not isinstance(node, ScalarNode) or node.tag not in _SCALAR_TAGS:
             self.problem(node, path, "a mapping key must be a plain word or number")
             return None
-        key = self._constructor.construct_object(node, deep=True)
+        try:
+            key = self._constructor.construct_object(node, deep=True)
+        except (yaml.YAMLError, ValueError, KeyError, IndexError):  # `!!int abc:`
+            self.problem(node, path, f"cannot read the key {_clip(node.value)}")
+            return None
+        if isinstance(key, int) and not isinstance(key, bool) and key.bit_length() > 128:
+            self.problem(node, path, f"the key {_clip(node.value)} is far too large a number")
+            return None
         if isinstance(key, str | int):  # bool is an int: `yes:`/`on:` keys, as YAML 1.1 has it
             return key
         self.problem(
@@ -322,6 +347,19 @@ class _Builder:
 
     def _entries(self, node: MappingNode, path: Path) -> list[tuple[str | int, Node, Node]]:
         """The (key, key node, value node) of a mapping, merges flattened, duplicates reported."""
+        # Merges nest like aliases do (`<<: [*a, *a]` on every level doubles the work): they
+        # count against the same limit.
+        self._count += len(node.value)
+        if self._count > MAX_NODES:
+            if not self._too_many:
+                self._too_many = True
+                self.problem(
+                    node,
+                    path,
+                    f"the merges (<<) and aliases in this file expand to more than {MAX_NODES} "
+                    "values; refusing to load it",
+                )
+            return []
         own: list[tuple[str | int, Node, Node]] = []
         first_seen: dict[str | int, Node] = {}
         merge: tuple[Node, Node] | None = None

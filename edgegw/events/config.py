@@ -54,13 +54,16 @@ class TriggerConfig(StrictModel):
     changes: TagRef | bool | None = None
     rises: TagRef | bool | None = None
     falls: TagRef | bool | None = None
-    when: str | None = None
+    when: str | None = Field(default=None, max_length=2000)
 
     @field_validator("when")
     @classmethod
     def _parse_when(cls, value: str | None) -> str | None:
         if value is not None:
-            parse_condition(value)
+            try:
+                parse_condition(value)
+            except RecursionError:
+                raise ValueError("the condition nests too deeply") from None
         return value
 
     @model_validator(mode="after")
@@ -127,7 +130,7 @@ class FieldRule(StrictModel):
                 raise ValueError(f"'pattern' applies to type str, not {self.type}")
             try:
                 re.compile(self.pattern)
-            except re.error as exc:
+            except (re.error, RecursionError, OverflowError) as exc:
                 raise ValueError(
                     f"pattern '{self.pattern}' is not a regular expression: {exc}"
                 ) from None

@@ -63,7 +63,9 @@ class _Refs(ast.NodeTransformer):
 
 
 _QUOTED = re.compile(r"""('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""")
-_REF = re.compile(r"(?<![\w.])([A-Za-z_][\w-]*\.[A-Za-z0-9_][\w-]*)(?![\w.(-])")
+# Possessive quantifiers and a lookbehind that also excludes '-' keep this linear: a tag
+# reference starts only at the start of a word and never backtracks into it.
+_REF = re.compile(r"(?<![\w.-])([A-Za-z_][\w-]*+\.[A-Za-z0-9_][\w-]*+)(?![\w.(])")
 
 
 def _replace_refs(text: str) -> tuple[str, dict[str, str]]:
