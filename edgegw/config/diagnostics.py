@@ -81,7 +81,7 @@ _BOUNDS = {
 }
 
 
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\u0085\u2028\u2029]")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\u0085\u2028\u2029\ud800-\udfff]")
 
 
 def format_issue(path_file: str, mark: Mark | None, loc_path: str, message: str) -> str:
@@ -142,9 +142,11 @@ def validate_document(model: type[M], doc: YamlDocument) -> M:
     findings = _merge_type_errors([_explain(model, doc, error) for error in errors])
     findings.sort(key=lambda f: (0, 0) if f.mark is None else (f.mark.line, f.mark.column))
     issues: list[str] = []
+    seen: set[str] = set()
     for finding in findings:
         issue = format_issue(doc.path, finding.mark, finding.path, finding.message)
-        if issue not in issues:
+        if issue not in seen:
+            seen.add(issue)
             issues.append(issue)
     raise ConfigError(with_summary(issues)) from None
 

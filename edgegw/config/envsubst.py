@@ -15,24 +15,58 @@ from typing import Any
 from edgegw.config.diagnostics import format_issue, loc_to_path
 from edgegw.config.yamlpos import Path, YamlDocument
 
+MAX_TEXT = 20_000_000
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def expand_env(doc: YamlDocument, environ: Mapping[str, str]) -> list[str]:
     """Replace every reference in the document's string values in place; the problems found."""
     issues: list[str] = []
+    budget = [MAX_TEXT]  # characters of text the whole document may hold once expanded
 
     def walk(node: Any, path: Path) -> Any:
         if isinstance(node, dict):
-            for key, child in node.items():
-                node[key] = walk(child, (*path, key))
+            for key in list(node):
+                if isinstance(key, str) and _SURROGATE.search(key):
+                    mark = doc.key_marks.get((*path, key))
+                    issues.append(
+                        format_issue(
+                            doc.path,
+                            mark,
+                            loc_to_path(path),
+                            "a key contains a character that is not valid Unicode text",
+                        )
+                    )
+                    node[_SURROGATE.sub("\ufffd", key)] = walk(node.pop(key), (*path, key))
+                else:
+                    node[key] = walk(node[key], (*path, key))
             return node
         if isinstance(node, list):
             for index, child in enumerate(node):
                 node[index] = walk(child, (*path, index))
             return node
-        if isinstance(node, str) and "${" in node:
-            text, problems = _expand(node, environ)
+        if isinstance(node, str):
+            budget[0] -= len(node)
+            if budget[0] < 0:
+                # Aliases can copy one long string thousands of times: stop before memory goes.
+                if budget[0] + len(node) >= 0:
+                    issues.append(
+                        format_issue(
+                            doc.path,
+                            doc.value_marks.get(path),
+                            loc_to_path(path),
+                            f"the file expands to more than {MAX_TEXT:,} characters of text; "
+                            "no configuration is that large",
+                        )
+                    )
+                return ""
+            text, problems = _expand(node, environ) if "${" in node else (node, [])
+            if _SURROGATE.search(text):
+                # A lone surrogate (a YAML "\ud800" escape, a non-UTF-8 byte in the
+                # environment) is no text at all: nothing downstream could print or send it.
+                problems.append("contains a character that is not valid Unicode text")
+                text = _SURROGATE.sub("\ufffd", text)
             mark = doc.value_marks.get(path)
             issues.extend(format_issue(doc.path, mark, loc_to_path(path), p) for p in problems)
             return text

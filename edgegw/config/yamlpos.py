@@ -120,7 +120,8 @@ def load_yaml_text(text: str, path: str = "<string>") -> YamlDocument:
         # PyYAML and the builder recurse per level: hundreds of nested levels exhaust the
         # stack. No real config nests more than a dozen.
         message = "the file nests lists or mappings too deeply to be a configuration"
-        raise ConfigError(with_summary([format_issue(path, None, "", message)])) from None
+        issue = format_issue(path, Mark(1, 1), "", message)
+        raise ConfigError(with_summary([issue])) from None
     if root is None or (
         isinstance(root, ScalarNode) and root.tag == _TAG + "null" and root.value == ""
     ):

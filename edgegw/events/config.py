@@ -62,7 +62,7 @@ class TriggerConfig(StrictModel):
         if value is not None:
             try:
                 parse_condition(value)
-            except RecursionError:
+            except (RecursionError, MemoryError):  # CPython's parser gives up on deep nesting
                 raise ValueError("the condition nests too deeply") from None
         return value
 
