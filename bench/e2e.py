@@ -255,7 +255,12 @@ def gateway_config(
             "line": "l",
             "state_dir": str(tmp / "state"),
         },
-        "mqtt": {"url": f"mqtt://127.0.0.1:{mqtt_port}", "qos": 1, "inflight": args.inflight},
+        "mqtt": {
+            "url": f"mqtt://127.0.0.1:{mqtt_port}",
+            "qos": 1,
+            "inflight": args.inflight,
+            **({"batch": {"max_values": args.batch, "max_delay": "100ms"}} if args.batch else {}),
+        },
         "outbox": {"synchronous": args.synchronous},
         "sources": sources,
     }
@@ -783,6 +788,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="tags per source (= per Modbus connection)",
     )
     p.add_argument("--inflight", type=int, default=100, help="mqtt.inflight and baseline window")
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=0,
+        metavar="N",
+        help="mqtt.batch with max_values N (0: one message per value, the default)",
+    )
     p.add_argument(
         "--synchronous",
         choices=["full", "normal", "extra"],

@@ -76,18 +76,21 @@ class _Counting:
         if c is None:
             self.other += 1
             return
-        c.messages += 1
         c.payload_bytes += len(payload)
         c.last_arrival = time.monotonic()
         try:
             doc = orjson.loads(payload)
-            c.ids.add(doc["id"])
-        except (orjson.JSONDecodeError, KeyError, TypeError):
+            # An edgegw.batch/1 message carries many values: count each as the message it
+            # would be without batching, so values/s compare across modes.
+            items = doc["items"] if doc.get("schema") == "edgegw.batch/1" else (doc,)
+            for item in items:
+                c.messages += 1
+                c.ids.add(item["id"])
+                seq = item.get("seq")
+                if type(seq) is int:
+                    c.seqs.add(seq)
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
             c.bad_payloads += 1
-            return
-        seq = doc.get("seq")
-        if type(seq) is int:
-            c.seqs.add(seq)
 
     def snapshot(self) -> dict[str, tuple[int, int]]:
         """(messages, distinct ids) per kind; plain int reads, safe across threads."""

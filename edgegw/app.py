@@ -11,7 +11,7 @@ import time
 from edgegw.config.model import GatewayConfig
 from edgegw.errors import OutboxError
 from edgegw.events.schemas import announcements
-from edgegw.forwarder import Forwarder
+from edgegw.forwarder import BatchSettings, Forwarder
 from edgegw.metrics import serve
 from edgegw.outbox import NORMAL_SYNC_INTERVAL, Outbox, PendingEvent
 from edgegw.pipeline import Pipeline
@@ -68,6 +68,7 @@ class Gateway:
             window=config.mqtt.inflight,
             drain_grace=shutdown_grace,
             announcements=announcements(config),
+            batch=batch_settings(config),
         )
         self.pipeline = Pipeline(config)
         self.sources: list[Source] = [build_source(source) for source in config.sources]
@@ -245,6 +246,16 @@ class Gateway:
                     await self.outbox.expire()
             except OutboxError as exc:
                 log.error("retention pass failed error=%s", exc)
+
+
+def batch_settings(config: GatewayConfig) -> BatchSettings | None:
+    batch = config.mqtt.batch
+    if batch is None:
+        return None
+    fields = config.topic_fields()
+    # Fill every placeholder but {source}, which the forwarder fills per message.
+    topic = batch.topic.replace("{source}", "\x00").format(**fields).replace("\x00", "{source}")
+    return BatchSettings(batch.max_values, batch.max_delay, topic, config.gateway.id)
 
 
 async def run_gateway(config: GatewayConfig) -> None:

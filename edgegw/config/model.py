@@ -15,6 +15,7 @@ from edgegw.sources.opcua.config import OpcUaSourceConfig
 
 TOPIC_PLACEHOLDERS = ("site", "area", "line", "gateway", "source", "tag")
 EVENT_TOPIC_PLACEHOLDERS = ("site", "area", "line", "gateway", "type")
+BATCH_PLACEHOLDERS = ("site", "area", "line", "gateway", "source")
 STATUS_PLACEHOLDERS = ("site", "area", "line", "gateway")
 
 SourceConfig = Annotated[ModbusSourceConfig | OpcUaSourceConfig, Field(discriminator="protocol")]
@@ -73,6 +74,24 @@ def check_template(template: str, allowed: tuple[str, ...], what: str) -> None:
         raise ValueError(f"{what} '{template}' must not contain '+', '#', '//' or start with '/'")
 
 
+class BatchSection(StrictModel):
+    """Telemetry as one `edgegw.batch/1` message per source and flush."""
+
+    max_values: int = Field(default=500, ge=1, le=10_000, description="Values per message.")
+    max_delay: Duration = Field(
+        default=0.1, description="How long a batch that is not full may wait to fill."
+    )
+    topic: str = Field(
+        default="{site}/{area}/{line}/{source}/batch",
+        description="Placeholders: site area line gateway source.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> BatchSection:
+        check_template(self.topic, BATCH_PLACEHOLDERS, "batch.topic")
+        return self
+
+
 class MqttSection(StrictModel):
     url: MqttUrl = Field(default="mqtt://127.0.0.1:1883")
     client_id: str | None = Field(
@@ -104,6 +123,11 @@ class MqttSection(StrictModel):
     )
     keepalive: Duration = Field(default=30.0)
     connect_timeout: Duration = Field(default=10.0)
+    batch: BatchSection | None = Field(
+        default=None,
+        description="Batched telemetry, e.g. {max_values: 500, max_delay: 100ms}; default: "
+        "one message per value. Each item keeps its own id and seq.",
+    )
     inflight: int = Field(
         default=100, ge=1, le=10000, description="Publishes awaiting their PUBACK at once."
     )
@@ -194,6 +218,7 @@ class GatewayConfig(StrictModel):
             (self.mqtt.topic, "mqtt.topic"),
             (self.mqtt.status_topic, "mqtt.status_topic"),
             (self.mqtt.gap_topic, "mqtt.gap_topic"),
+            *([(self.mqtt.batch.topic, "mqtt.batch.topic")] if self.mqtt.batch else []),
             *(
                 # Only used when there are events: a telemetry-only config need not set site.
                 [

@@ -19,6 +19,7 @@ ENVELOPES = {
     "edgegw.telemetry-1": "telemetry-1.json",
     "edgegw.event-1": "event-1.json",
     "edgegw.gap-1": "gap-1.json",
+    "edgegw.batch-1": "batch-1.json",
 }
 
 

@@ -32,6 +32,7 @@ from tests.support.gateway import (
 from tests.support.ledger import (
     assert_complete,
     assert_unbroken_runs,
+    delivered_and_stored,
     identical_duplicates,
     stored,
     telemetry,
@@ -67,41 +68,34 @@ async def drain_and_count(
     note: str = "",
     *,
     unbroken: bool = True,
+    stops: int = 1,
 ) -> None:
     """Run the gateway until its outbox is empty, stop it, and count in vs out."""
     outbox = str(path.parent / "outbox.sqlite3")
     process = GatewayProcess(path)
-    starts = started(process)
+    starts = process.starts()
     await process.start()
-    await until(lambda: started(process) > starts, 20, "the gateway started")
+    await until(lambda: process.starts() > starts, 20, "the gateway started")
     await until(lambda: read_stats(outbox).depth == 0, 30, "the backlog sent")
     process.signal(signal.SIGTERM)
     assert await process.wait(15) == 0
-    last = read_stats(outbox).last_seq
-    received = await subscriber.wait_for(
-        lambda m: {p["seq"] for p in telemetry(m)} >= set(range(1, last + 1)),
-        15,
-        what="every committed seq",
-    )
-    assert_complete(telemetry(received), last)
+    # Rows committed while stopping wait on disk for the next start: not lost, not sent yet.
+    items, last = await delivered_and_stored(subscriber, outbox)
+    assert_complete(items, last)
     if unbroken:
         # Without a crash not even a value read and not yet committed may go missing.
-        assert_unbroken_runs(telemetry(received))
-    _distinct, duplicates = identical_duplicates(received)
+        assert_unbroken_runs(items, stops)
+    _distinct, duplicates = identical_duplicates(subscriber.messages)
+    waiting = len(stored(outbox))
+    accounted = len({p["seq"] for p in items})  # delivered, or on disk for the next start
     report.add(
         fault,
         events_in=last,
-        events_out=len({p["seq"] for p in telemetry(received)}),
+        events_out=accounted - waiting,
         duplicates=duplicates,
-        lost=last - len({p["seq"] for p in telemetry(received)}),
-        note=note,
+        lost=last - accounted,
+        note=(note + f"; {waiting} wait on disk for the next start" if waiting else note),
     )
-    assert not stored(outbox)
-
-
-def started(process: GatewayProcess) -> int:
-    """How many runs logged their start (the log file is shared by the runs of a test)."""
-    return sum("gateway started" in line.get("msg", "") for line in process.log())
 
 
 def kept_aside(directory: Path) -> list[Path]:

@@ -109,3 +109,7 @@ class GatewayProcess:
     def log(self) -> list[dict[str, Any]]:
         lines = self.stderr_path.read_bytes().splitlines() if self.stderr_path.exists() else []
         return [orjson.loads(line) for line in lines if line.startswith(b"{")]
+
+    def starts(self) -> int:
+        """How many runs logged their start (runs of one config share the log file)."""
+        return sum("gateway started" in line.get("msg", "") for line in self.log())

@@ -20,7 +20,9 @@ def telemetry(messages: list[Received]) -> list[dict[str, Any]]:
         if message.topic.endswith("/status") or "/schemas/" in message.topic:
             continue
         payload = orjson.loads(message.payload)
-        if isinstance(payload, dict) and "seq" in payload:
+        if isinstance(payload, dict) and payload.get("schema") == "edgegw.batch/1":
+            out.extend(payload["items"])  # each item keeps its own id and seq
+        elif isinstance(payload, dict) and "seq" in payload:
             out.append(payload)
     return out
 
@@ -77,12 +79,18 @@ def assert_complete(received: list[dict[str, Any]], last_seq: int) -> dict[int, 
     return id_of_seq
 
 
-def assert_unbroken_runs(received: list[dict[str, Any]]) -> int:
-    """Each bench tag increments at every read: its distinct values form one unbroken run."""
+def assert_unbroken_runs(received: list[dict[str, Any]], stops: int = 0) -> int:
+    """Each bench tag increments at every read: its distinct values form one unbroken run.
+
+    `stops` clean stops in between may each have cancelled one read in flight (the register
+    moved on, the reply was never taken: nothing was accepted), so each tag may miss that
+    many values; a real loss shows as more.
+    """
     by_tag: dict[str, set[int]] = defaultdict(set)
     for message in received:
         if message.get("quality") == "good" and "tag" in message:
             by_tag[message["tag"]].add(message["value"])
     for tag, seen in by_tag.items():
-        assert seen == set(range(min(seen), max(seen) + 1)), f"{tag} lost values"
+        missing = (max(seen) - min(seen) + 1) - len(seen)
+        assert missing <= stops, f"{tag} lost {missing} values (allowed {stops})"
     return sum(len(seen) for seen in by_tag.values())
