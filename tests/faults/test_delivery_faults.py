@@ -173,23 +173,34 @@ async def test_broker_stop_and_start(
     subscriber: Subscriber,
     fault_report: FaultReport,
 ) -> None:
-    path = gateway_yaml(tmp_path, mosquitto.port, plc)
+    # The gateway reaches the broker through a proxy held shut until the test's subscriber
+    # has subscribed again: a broker without persistence forgets subscriptions, and what it
+    # acknowledged before the subscriber was back would be missing from the count.
+    proxy = await CuttableProxy(mosquitto.port).start()
+    path = gateway_yaml(tmp_path, proxy.port, plc)
     process = await GatewayProcess(path).start()
     outbox = str(tmp_path / "outbox.sqlite3")
     try:
         for _ in range(3):
             await subscriber.wait_for(lambda m: len(m) > 20, 10, what="traffic")
+            proxy.cut()
             mosquitto.stop()
             committed = read_stats(outbox).last_seq
             await until(lambda c=committed: read_stats(outbox).last_seq > c + 200, 10, "backlog")
             mosquitto.start()
             subscriber.start()
+            proxy.heal()
         process.signal(signal.SIGTERM)
         assert await process.wait(15) == 0
     finally:
         if not mosquitto.running:
             mosquitto.start()
-    await drain_and_count(path, subscriber, fault_report, "broker stop/start x3")
+        await proxy.stop()
+    direct = write_config(
+        path,
+        config_dict(tmp_path, mosquitto.port, plc.port, bench_tags(40), poll="50ms", timeout="3s"),
+    )
+    await drain_and_count(direct, subscriber, fault_report, "broker stop/start x3")
 
 
 async def test_sigterm_with_a_large_backlog(
