@@ -131,6 +131,16 @@ def _print_message(topic: str, payload: bytes) -> None:
     except orjson.JSONDecodeError:
         print(f"{topic}  {payload.decode(errors='replace')}", flush=True)
         return
+    if "/schemas/" in topic:
+        print(f"{topic}  (JSON Schema, {len(payload)} bytes, retained)", flush=True)
+        return
+    if isinstance(message, dict) and message.get("schema") == "edgegw.event/1":
+        print(
+            f"{message.get('ts', '')}  {topic}  EVENT key={message.get('key')} "
+            f"data={message.get('data')}  seq={message.get('seq')}",
+            flush=True,
+        )
+        return
     if not isinstance(message, dict) or "value" not in message:
         print(f"{topic}  {payload.decode(errors='replace')}", flush=True)
         return
