@@ -426,7 +426,9 @@ async def test_modbus_slow_replies_beyond_the_timeout(
             "protocol": "modbus",
             "url": f"tcp://127.0.0.1:{plc2.port}",
             "poll": f"{int(POLL * 1000)}ms",
-            "timeout": f"{int(TIMEOUT * 1000)}ms",
+            # The healthy source's own timeout is generous: on a loaded 2-core machine a
+            # 0.3 s deadline can expire for a healthy PLC too, which is not this fault.
+            "timeout": "3s",
             "tags": bench_tags(other_offsets),
         }
     )
