@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.broker import Mosquitto
+from tests.support.subscriber import Subscriber
 
 
 @pytest.fixture
@@ -18,3 +19,10 @@ def mosquitto() -> Iterator[Mosquitto]:
         yield broker
     finally:
         broker.cleanup()
+
+
+@pytest.fixture
+def subscriber(mosquitto: Mosquitto) -> Iterator[Subscriber]:
+    """A subscriber to everything the test gateways publish under site s, area a, line l."""
+    with Subscriber(mosquitto.port, "s/a/l/#") as sub:
+        yield sub

@@ -54,12 +54,6 @@ async def plc() -> AsyncIterator[ModbusPlc]:
     await sim.stop()
 
 
-@pytest.fixture
-def subscriber(mosquitto: Mosquitto) -> AsyncIterator[Subscriber]:
-    with Subscriber(mosquitto.port, "s/a/l/#") as sub:
-        yield sub
-
-
 async def drain_and_count(
     path: Path,
     subscriber: Subscriber,

@@ -22,7 +22,7 @@ import signal
 import sqlite3
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,12 +85,6 @@ async def ua_plc() -> AsyncIterator[OpcUaPlc]:
     await sim.start()
     yield sim
     await sim.stop()
-
-
-@pytest.fixture
-def subscriber(mosquitto: Mosquitto) -> Iterator[Subscriber]:
-    with Subscriber(mosquitto.port, "s/a/l/#") as sub:
-        yield sub
 
 
 class Feed:

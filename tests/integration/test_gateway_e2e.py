@@ -45,12 +45,6 @@ async def plc() -> AsyncIterator[ModbusPlc]:
     await sim.stop()
 
 
-@pytest.fixture
-def subscriber(mosquitto: Mosquitto) -> AsyncIterator[Subscriber]:
-    with Subscriber(mosquitto.port, "s/a/l/#") as sub:
-        yield sub
-
-
 async def run_in_background(gateway: Gateway) -> asyncio.Task[None]:
     task = asyncio.create_task(gateway.run())
     await asyncio.wait_for(gateway.started.wait(), 10)
