@@ -13,7 +13,7 @@ import orjson
 from edgegw.config.model import GatewayConfig
 from edgegw.config.types import parse_deadband
 from edgegw.events.detector import EventDetector
-from edgegw.keys import telemetry_key
+from edgegw.keys import key_micros, telemetry_key, telemetry_key_at
 from edgegw.outbox import PendingEvent
 from edgegw.quarantine import QuarantineRecord
 from edgegw.reading import Reading, Value
@@ -70,9 +70,13 @@ class TelemetryBuilder:
     def build(self, readings: list[Reading]) -> list[PendingEvent]:
         events: list[PendingEvent] = []
         now = time.monotonic()
-        last_ts = -1.0
-        ts_text = ""
-        for reading in readings:
+        last_ts = last_received = -1.0
+        ts_text = received_text = ""
+        micros = 0
+        # One random draw for the whole call: a syscall per value costs more than the rest of
+        # its trace id.
+        traces = os.urandom(8 * len(readings)).hex()
+        for index, reading in enumerate(readings):
             state = self._tags.get((reading.source, reading.tag))
             if state is None:
                 continue
@@ -89,12 +93,16 @@ class TelemetryBuilder:
             if reading.source_ts != last_ts:
                 last_ts = reading.source_ts
                 ts_text = iso_utc(last_ts)
-            trace = os.urandom(8).hex()
-            key = telemetry_key(
+                micros = key_micros(last_ts)
+            if reading.received_ts != last_received:
+                last_received = reading.received_ts
+                received_text = iso_utc(last_received)
+            trace = traces[16 * index : 16 * index + 16]
+            key = telemetry_key_at(
                 self.gateway,
                 reading.source,
                 reading.tag,
-                reading.source_ts,
+                micros,
                 quality,
                 orjson.dumps(value).decode(),
             )
@@ -108,7 +116,7 @@ class TelemetryBuilder:
                 "unit": state.unit,
                 "quality": quality,
                 "ts": ts_text,
-                "gw_ts": iso_utc(reading.received_ts),
+                "gw_ts": received_text,
                 "seq": 0,  # assigned by the outbox at commit
                 "trace": trace,
             }
@@ -116,7 +124,7 @@ class TelemetryBuilder:
                 payload["reason"] = reason
             events.append(
                 PendingEvent(
-                    key, TELEMETRY_SCHEMA, state.topic, payload, trace, reading.received_ts
+                    key, TELEMETRY_SCHEMA, state.topic, payload, trace, reading.received_ts, micros
                 )
             )
         return events

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 Quality = Literal["good", "uncertain", "bad"]
 Value = bool | int | float | str | list[Any] | None
 
 
-@dataclass(frozen=True, slots=True)
-class Reading:
-    """One value of one tag, as read.
+class Reading(NamedTuple):
+    """One value of one tag, as read (a named tuple: a source makes one per value per poll,
+    and a tuple is built three times faster than a frozen dataclass).
 
     `source_ts` is when the device says the value was true (wall clock, seconds since the
     epoch), or when it was read for protocols without timestamps; `received_ts` is when the

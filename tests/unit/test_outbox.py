@@ -239,3 +239,62 @@ async def test_a_gap_message_follows_its_schema(tmp_path: Path) -> None:
     gap = [row for row in await box.claim(0, 2000) if row.schema == "edgegw.gap/1"]
     jsonschema.validate(orjson.loads(gap[0].payload), envelope("edgegw.gap-1"))
     await box.close()
+
+
+async def test_duplicates_with_their_key_timestamp_are_refused(outbox: Outbox) -> None:
+    def stamped(key: str, micros: int) -> PendingEvent:
+        pending = event(key)
+        pending.key_ts = micros
+        return pending
+
+    await outbox.append([stamped("k1", 10), stamped("k2", 10), stamped("k3", 20)])
+    assert await outbox.append([stamped("k2", 10), stamped("k3", 20), stamped("k4", 20)]) == 1
+    assert [(row.seq, row.id) for row in await outbox.claim(0, 10)] == [
+        (1, "k1"),
+        (2, "k2"),
+        (3, "k3"),
+        (4, "k4"),
+    ]
+    assert outbox.duplicates == 2
+
+
+_V2_OUTBOX = """
+CREATE TABLE outbox (
+    seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, schema TEXT NOT NULL, topic TEXT NOT NULL,
+    payload BLOB NOT NULL, trace TEXT NOT NULL, created REAL NOT NULL
+);
+CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT INTO meta(name, value) VALUES ('last_seq', 7), ('dropped', 2);
+CREATE TABLE event_keys (id TEXT PRIMARY KEY, created REAL NOT NULL);
+PRAGMA user_version=2;
+"""
+
+
+async def test_a_version_2_outbox_is_migrated_with_its_rows_and_counters(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    old = sqlite3.connect(path)
+    old.executescript(_V2_OUTBOX)
+    rows = [
+        (seq, f"k{seq}", "edgegw.telemetry/1", "a/b", orjson.dumps({"seq": seq}), "t", 1.0)
+        for seq in (6, 7)
+    ]
+    old.executemany("INSERT INTO outbox VALUES (?,?,?,?,?,?,?)", rows)
+    old.commit()
+    old.close()
+
+    box = Outbox(str(path))
+    await box.open()
+    try:
+        assert (box.depth, box.dropped) == (2, 2)
+        assert [(r.seq, r.id, r.payload) for r in await box.claim(0, 10)] == [
+            (seq, key, payload) for seq, key, _, _, payload, _, _ in rows
+        ]
+        assert await box.append([event("k7"), event("k8")]) == 1  # k7 is stored already
+        assert [r.seq for r in await box.claim(7, 10)] == [8]
+    finally:
+        await box.close()
+    check = sqlite3.connect(path)
+    assert check.execute("PRAGMA user_version").fetchone() == (3,)
+    names = {row[0] for row in check.execute("SELECT name FROM sqlite_master")}
+    check.close()
+    assert "outbox_v2" not in names

@@ -82,6 +82,74 @@ def decode_register_value(block: bytes, layout: RegisterLayout) -> Value:
     return scaled
 
 
+class BlockDecoder:
+    """Decodes all the register tags of one read block.
+
+    Tags stored the plain way (big-endian bytes, big-endian words, not a bit, not text) that
+    do not overlap are unpacked together by one precompiled `struct` call over the whole
+    block; the others go through `decode_register_value` one by one. Values come back in the
+    order of `layouts`, each either a value or the DecodeError that makes it bad.
+    """
+
+    def __init__(self, layouts: Sequence[RegisterLayout]) -> None:
+        self._layouts = tuple(layouts)
+        fmt = [">"]
+        end = 0  # first register after the last plain tag taken
+        self._plain: list[int] = []  # positions in `layouts` unpacked by `_struct`
+        self._one_by_one: list[int] = []
+        for position in sorted(range(len(layouts)), key=lambda p: layouts[p].index):
+            layout = layouts[position]
+            if _is_plain(layout) and layout.index >= end:
+                if layout.index > end:
+                    fmt.append(f"{2 * (layout.index - end)}x")
+                fmt.append(_FORMATS[layout.type][1])
+                end = layout.index + layout.count
+                self._plain.append(position)
+            else:
+                self._one_by_one.append(position)
+        self._struct = struct.Struct("".join(fmt))
+        self._needs_finishing = [
+            layouts[p].type.startswith("float")
+            or layouts[p].scale is not None
+            or layouts[p].offset is not None
+            for p in self._plain
+        ]
+
+    def decode(self, block: bytes) -> list[Value | DecodeError]:
+        out: list[Value | DecodeError] = [None] * len(self._layouts)
+        raw = self._struct.unpack_from(block)
+        for position, number, finish in zip(self._plain, raw, self._needs_finishing, strict=True):
+            out[position] = _finished(number, self._layouts[position]) if finish else number
+        for position in self._one_by_one:
+            try:
+                out[position] = decode_register_value(block, self._layouts[position])
+            except DecodeError as exc:
+                out[position] = exc
+        return out
+
+
+def _is_plain(layout: RegisterLayout) -> bool:
+    return (
+        layout.type in _FORMATS
+        and layout.bit is None
+        and not layout.byte_swap
+        and (layout.count == 1 or not layout.word_swap)
+    )
+
+
+def _finished(number: int | float, layout: RegisterLayout) -> Value | DecodeError:
+    """Float checks and scaling of a number unpacked from the block."""
+    try:
+        if isinstance(number, float):
+            if not math.isfinite(number):
+                raise DecodeError(f"{layout.type} is {number} (not a finite number)")
+            if layout.type == "float32":
+                number = shortest_float32(number)
+        return apply_scale(number, layout.scale, layout.offset)
+    except DecodeError as exc:
+        return exc
+
+
 def _ordered_text(raw: bytes, byte_swap: bool) -> bytes:
     # Text is a sequence of characters, two per register: word order does not apply.
     if not byte_swap:

@@ -17,9 +17,9 @@ from edgegw.reading import Reading
 from edgegw.sources.base import SourceStatus
 from edgegw.sources.modbus.config import BIT_TABLES, ModbusSourceConfig
 from edgegw.sources.modbus.decode import (
+    BlockDecoder,
     DecodeError,
     RegisterLayout,
-    decode_register_value,
     registers_to_bytes,
 )
 from edgegw.sources.modbus.plan import ReadBlock, plan_reads
@@ -50,6 +50,7 @@ class _PlannedBlock:
     layouts: tuple[tuple[str, RegisterLayout], ...]  # register tables
     bit_indexes: tuple[tuple[str, int], ...]  # coil/discrete tables
     tag_names: tuple[str, ...]
+    decoder: BlockDecoder
 
 
 def _plan(config: ModbusSourceConfig) -> list[_PlannedBlock]:
@@ -74,7 +75,8 @@ def _plan(config: ModbusSourceConfig) -> list[_PlannedBlock]:
             )
             layouts.append((tag.name, layout))
         names = tuple(tag.name for tag in block.tags)
-        planned.append(_PlannedBlock(block, tuple(layouts), tuple(bits), names))
+        decoder = BlockDecoder([layout for _, layout in layouts])
+        planned.append(_PlannedBlock(block, tuple(layouts), tuple(bits), names, decoder))
     return planned
 
 
@@ -238,12 +240,10 @@ class ModbusSource:
         if len(registers) < planned.block.count:
             reason = f"short reply: {len(registers)} of {planned.block.count} registers"
             return self._bad_block(planned, reason)
-        block = registers_to_bytes(registers)
-        for tag, layout in planned.layouts:
-            try:
-                value = decode_register_value(block, layout)
-            except DecodeError as exc:
-                out.append(Reading(name_, tag, None, "bad", now, now, str(exc)))
+        values = planned.decoder.decode(registers_to_bytes(registers))
+        for (tag, _layout), value in zip(planned.layouts, values, strict=True):
+            if isinstance(value, DecodeError):
+                out.append(Reading(name_, tag, None, "bad", now, now, str(value)))
             else:
                 out.append(Reading(name_, tag, value, "good", now, now))
         return out
