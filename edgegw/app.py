@@ -119,6 +119,7 @@ class Gateway:
                 )
                 await self.stop_requested.wait()
                 log.info("stopping: sources first, then the outbox, then the broker")
+                self.forwarder.release_intake()
                 # Cancel until they are gone: on Python 3.11 asyncio.wait_for (used by pymodbus
                 # and our driver) swallows a cancellation whose reply lands in the same loop
                 # step, and a source would then keep polling after SIGTERM (seen in the bench).
@@ -166,6 +167,7 @@ class Gateway:
     async def _commit_forever(self) -> None:
         """Build telemetry and commit it in groups: what arrives during a commit joins the next."""
         while True:
+            await self.forwarder.wait_for_room()
             batches = [await self.intake.get()]
             events, held = self.pipeline.process(batches[0])
             while len(events) < COMMIT_MAX_EVENTS and not self.intake.empty():

@@ -55,6 +55,12 @@ def render_metrics(gateway: Gateway) -> str:
         "Events refused because their id was committed before.",
         [("", outbox.duplicates)],
     )
+    metric(
+        "edgegw_intake_waits_total",
+        "counter",
+        "Times intake waited for the forwarder: reading outpaced sending (CPU overload).",
+        [("", gateway.forwarder.intake_waits)],
+    )
     alarm = gateway.outbox_alarm
     metric(
         "edgegw_outbox_alarm",

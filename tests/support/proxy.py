@@ -22,6 +22,8 @@ class CuttableProxy:
         self._tasks: set[asyncio.Task[None]] = set()
         self.cut_active = False
         self.connections = 0
+        self._flowing = asyncio.Event()
+        self._flowing.set()
 
     async def start(self) -> CuttableProxy:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
@@ -53,6 +55,13 @@ class CuttableProxy:
     def heal(self) -> None:
         self.cut_active = False
 
+    def pause(self) -> None:
+        """Hold every byte in both directions; the connections stay open (a stalled link)."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.cut_active:
             writer.transport.abort()
@@ -65,8 +74,8 @@ class CuttableProxy:
         self.connections += 1
         self._writers.update((writer, up_writer))
         pumps = [
-            asyncio.create_task(self._pump(reader, up_writer)),
-            asyncio.create_task(self._pump(up_reader, writer)),
+            asyncio.create_task(self._pump(reader, up_writer, self._flowing)),
+            asyncio.create_task(self._pump(up_reader, writer, self._flowing)),
         ]
         self._tasks.update(pumps)
         try:
@@ -80,8 +89,11 @@ class CuttableProxy:
                 w.transport.abort()
 
     @staticmethod
-    async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pump(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, flowing: asyncio.Event
+    ) -> None:
         with contextlib.suppress(OSError, ConnectionError):
             while data := await reader.read(65536):
+                await flowing.wait()
                 writer.write(data)
                 await writer.drain()

@@ -12,9 +12,10 @@ import binascii
 import re
 import uuid
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from asyncua import ua
+if TYPE_CHECKING:
+    from asyncua import ua
 
 IdKind = Literal["i", "s", "g", "b"]
 
@@ -50,16 +51,16 @@ class NodeRef:
                 raise NamespaceMissing(
                     f"namespace {self.namespace_uri} is not in the server's namespace array"
                 ) from None
+        # Imported here: the config loads this module, and a gateway with no OPC UA source
+        # should not carry asyncua (about 30 MB of RSS).
+        from asyncua import ua
+
+        id_type = getattr(ua.NodeIdType, _NODE_ID_TYPES[self.kind])
         # asyncua annotates with its wire-type aliases (ua.Int16...), plain ints are what it takes.
-        return ua.NodeId(self.identifier, index, _NODE_ID_TYPES[self.kind])  # type: ignore[arg-type]
+        return ua.NodeId(self.identifier, index, id_type)  # type: ignore[arg-type]
 
 
-_NODE_ID_TYPES = {
-    "i": ua.NodeIdType.Numeric,
-    "s": ua.NodeIdType.String,
-    "g": ua.NodeIdType.Guid,
-    "b": ua.NodeIdType.ByteString,
-}
+_NODE_ID_TYPES = {"i": "Numeric", "s": "String", "g": "Guid", "b": "ByteString"}
 
 
 def parse_node_ref(value: Any) -> NodeRef:
