@@ -12,18 +12,18 @@ from edgegw.config.model import GatewayConfig
 from edgegw.errors import OutboxError
 from edgegw.events.schemas import announcements
 from edgegw.forwarder import BatchSettings, Forwarder
+from edgegw.intake import IntakeQueue
 from edgegw.metrics import serve
 from edgegw.outbox import NORMAL_SYNC_INTERVAL, Outbox, PendingEvent
 from edgegw.pipeline import Pipeline
 from edgegw.quarantine import QuarantineRecord
-from edgegw.reading import Reading
 from edgegw.sinks.mqtt import MqttSettings
 from edgegw.sources.base import Source
 from edgegw.sources.registry import build_source
 
 log = logging.getLogger(__name__)
 
-INTAKE_QUEUE_BATCHES = 256
+INTAKE_MAX_READINGS = 20_000  # queued between sources and committer: about 4 MB
 COMMIT_MAX_EVENTS = 1000
 ALARM_EVERY = 30.0  # seconds between repeated alarms while the outbox refuses data
 RELEASE_EVERY = 2.0  # seconds between looks for released quarantine records
@@ -72,7 +72,7 @@ class Gateway:
         )
         self.pipeline = Pipeline(config)
         self.sources: list[Source] = [build_source(source) for source in config.sources]
-        self.intake: asyncio.Queue[list[Reading]] = asyncio.Queue(INTAKE_QUEUE_BATCHES)
+        self.intake = IntakeQueue(INTAKE_MAX_READINGS)
         self.stop_requested = asyncio.Event()
         self.committed = 0
         self.outbox_alarm: str | None = None  # why the outbox refuses data, while it does
