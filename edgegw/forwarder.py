@@ -284,7 +284,7 @@ class Forwarder:
     def _source_of(self, row: StoredEvent) -> str:
         source = self._sources.get(row.seq)
         if source is None:
-            source = str(orjson.loads(row.payload).get("source", ""))
+            source = _source_field(row.payload)
             self._sources[row.seq] = source
         return source
 
@@ -391,3 +391,19 @@ class Forwarder:
             raise
         self.status.published += len(batch)
         self._acked_pending.difference_update(batch)
+
+
+_SOURCE_FIELD = b'"source":"'
+
+
+def _source_field(payload: bytes) -> str:
+    """The `source` of a stored telemetry envelope. Source names are plain ASCII with no quote
+    or backslash (config rule), so the field reads straight from the bytes; parsing the whole
+    JSON per value was a tenth of the forwarder's time."""
+    start = payload.find(_SOURCE_FIELD)
+    if start >= 0:
+        start += len(_SOURCE_FIELD)
+        end = payload.find(b'"', start)
+        if end >= 0:
+            return payload[start:end].decode()
+    return str(orjson.loads(payload).get("source", ""))

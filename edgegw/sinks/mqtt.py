@@ -215,6 +215,36 @@ class _PackedProperties(Properties):
 OnAck = Callable[[int, int], None]
 
 
+_READ_AHEAD = 65536
+
+
+class _ReadAheadClient(paho.Client):
+    """paho reads a packet with one recv() for its type, one per length byte and one for the
+    rest: three system calls, and the Python around them, for a 4-byte PUBACK (a quarter of
+    the forwarder's time per message in the catch-up profile). This one takes what the socket
+    holds in one call and serves paho's small reads from it; `_Link` keeps calling
+    `loop_read()` while bytes are left over, since the socket will not wake it for them."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._edgegw_read_ahead = bytearray()
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        buffered = self._edgegw_read_ahead
+        if not buffered:
+            data: bytes = super()._sock_recv(max(bufsize, _READ_AHEAD))
+            if len(data) <= bufsize:  # also b"": the broker closed the connection
+                return data
+            buffered += data
+        chunk = bytes(buffered[:bufsize])
+        del buffered[:bufsize]  # cheap: a bytearray drops its head without moving the rest
+        return chunk
+
+    def read_ahead(self) -> int:
+        """Bytes received but not yet read by paho."""
+        return len(self._edgegw_read_ahead)
+
+
 class _Link:
     """One paho client, one TCP connection, one MQTT session (clean start); never reused."""
 
@@ -224,14 +254,14 @@ class _Link:
         self.loop = asyncio.get_running_loop()
         self.v5 = settings.protocol == "5"
         if self.v5:
-            client = paho.Client(
+            client = _ReadAheadClient(
                 CallbackAPIVersion.VERSION2,
                 client_id=settings.client_id,
                 protocol=MQTTProtocolVersion.MQTTv5,
                 reconnect_on_failure=False,
             )
         else:
-            client = paho.Client(
+            client = _ReadAheadClient(
                 CallbackAPIVersion.VERSION2,
                 client_id=settings.client_id,
                 clean_session=True,
@@ -421,7 +451,15 @@ class _Link:
 
     # -- readiness handlers (event loop) -------------------------------------------------------
     def _on_readable(self) -> None:
-        self.paho.loop_read()
+        client = self.paho
+        client.loop_read()
+        left = client.read_ahead()
+        # paho reads a bounded number of packets per call; the rest is in our buffer.
+        while left and client.socket() is not None:
+            client.loop_read()
+            left, before = client.read_ahead(), left
+            if left >= before:  # paho took nothing: a partial packet waits for more bytes
+                break
         if self.acks or self.status_rc is not None:
             self._deliver()
 
