@@ -192,7 +192,7 @@ class Forwarder:
             # outbox lock behind a commit group, so one claim per window starves forwarding
             # when intake is busy (measured: 473 values/s forwarded at 23,000 commits/s).
             ready: deque[StoredEvent] = deque()
-            page = max(CLAIM_PAGE, window)
+            page = max(CLAIM_PAGE, window, 4 * self.batch.max_values if self.batch else 0)
             more = True  # rows may wait in the outbox beyond `ready`
             # Batching claims ahead so that a batch can fill; otherwise only when empty.
             refill = self.batch.max_values if self.batch is not None else 1

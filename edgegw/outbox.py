@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiosqlite
 import orjson
@@ -109,9 +109,9 @@ _DELETE_RANGE = "DELETE FROM outbox WHERE seq BETWEEN ? AND ?"
 _BUMP_LAST_SEQ = "UPDATE meta SET value = max(value, ?) WHERE name = 'last_seq'"
 
 
-@dataclass(slots=True)
-class PendingEvent:
-    """An event on its way into the outbox; `payload` gets its `seq` at commit."""
+class PendingEvent(NamedTuple):
+    """An event on its way into the outbox; `payload` gets its `seq` at commit. (A named
+    tuple: one is made per value read.)"""
 
     id: str
     schema: str
@@ -122,8 +122,10 @@ class PendingEvent:
     key_ts: int = 0  # telemetry: the source timestamp in its id, in µs (keys.key_micros)
 
 
-@dataclass(frozen=True, slots=True)
-class StoredEvent:
+class StoredEvent(NamedTuple):
+    """A row claimed for sending (a named tuple: made per row, three times cheaper than a
+    frozen dataclass)."""
+
     seq: int
     id: str
     schema: str
@@ -536,26 +538,46 @@ class Outbox:
                 "WHERE seq > ? ORDER BY seq LIMIT ?",
                 (after_seq, limit),
             )
-        return [StoredEvent(*row) for row in rows]
+        return list(map(StoredEvent._make, rows))
 
     async def delete_acknowledged(self, seqs: Iterable[int]) -> int:
-        """Delete rows the broker acknowledged."""
+        """Delete rows the broker acknowledged.
+
+        Without an fsync of its own: a delete lost to a power cut only sends its rows again
+        (consumers drop them by id), and the next commit of new rows syncs the log with the
+        delete in it. Syncing every delete cost as much as syncing the data itself.
+        """
         ranges = _ranges(sorted(seqs))
         if not ranges:
             return 0
+        # Acknowledged rows are runs of consecutive seqs: one range per run. One script, so
+        # one trip to the SQLite thread; only integers are formatted into it.
+        script = "".join(
+            [
+                "PRAGMA synchronous=NORMAL;BEGIN;",
+                *(f"DELETE FROM outbox WHERE seq BETWEEN {a:d} AND {b:d};" for a, b in ranges),
+                # Deleting the newest row must not let numbering restart below it.
+                f"UPDATE meta SET value = max(value, {ranges[-1][1]:d}) WHERE name = 'last_seq';",
+                f"COMMIT;PRAGMA synchronous={self.synchronous.upper()};",
+            ]
+        )
         async with self._lock:
             try:
-                # Acknowledged rows are runs of consecutive seqs: one range per run.
-                cursor = await self.db.executemany(_DELETE_RANGE, ranges)
-                deleted = cursor.rowcount
-                # Deleting the newest row must not let numbering restart below it.
-                await self.db.execute(_BUMP_LAST_SEQ, (ranges[-1][1],))
-                await self.db.commit()
+                before = self.db.total_changes
+                await self.db.executescript(script)
+                deleted = self.db.total_changes - before - 1  # minus the meta update
             except sqlite3.DatabaseError as exc:
                 await self._rollback_quietly()
+                await self._restore_synchronous()
                 raise OutboxError(f"outbox delete failed: {exc}") from exc
         self.depth -= deleted
         return deleted
+
+    async def _restore_synchronous(self) -> None:
+        try:
+            await self.db.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
+        except sqlite3.DatabaseError:
+            log.exception("cannot restore synchronous=%s path=%s", self.synchronous, self.path)
 
     async def expire(self, now: float | None = None) -> int:
         """Retention by age (and by size); returns how many rows were dropped.

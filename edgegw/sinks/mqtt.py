@@ -219,15 +219,61 @@ _READ_AHEAD = 65536
 
 
 class _ReadAheadClient(paho.Client):
-    """paho reads a packet with one recv() for its type, one per length byte and one for the
-    rest: three system calls, and the Python around them, for a 4-byte PUBACK (a quarter of
-    the forwarder's time per message in the catch-up profile). This one takes what the socket
-    holds in one call and serves paho's small reads from it; `_Link` keeps calling
-    `loop_read()` while bytes are left over, since the socket will not wake it for them."""
+    """paho with system calls per socket event instead of per packet.
+
+    Reading: paho reads a packet with one recv() for its type, one per length byte and one
+    for the rest: three system calls, and the Python around them, for a 4-byte PUBACK (a
+    quarter of the forwarder's time per message in the catch-up profile). This one takes what
+    the socket holds in one call and serves paho's small reads from it; `_Link` keeps calling
+    `loop_read()` while bytes are left over, since the socket will not wake it for them.
+
+    Writing: inside `coalesced_write()` (the event loop's writable callback) every packet
+    paho sends is appended to one buffer, handed to the socket in one send() at the end; what
+    the socket does not take stays first in line, and paho writes nothing more until it left.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._edgegw_read_ahead = bytearray()
+        self._edgegw_write_behind = bytearray()
+        self._edgegw_coalescing = False
+
+    def _sock_send(self, buf: bytes | bytearray) -> int:
+        if not self._edgegw_coalescing:  # CONNECT, sent by paho.connect() in a worker thread
+            sent: int = super()._sock_send(buf)
+            return sent
+        self._edgegw_write_behind += buf
+        return len(buf)
+
+    def coalesced_write(self) -> None:
+        """Send what is left from before, then paho's queued packets in one send()."""
+        if self._edgegw_write_behind and not self._flush_write_behind():
+            return  # the socket is full; it wakes us again
+        self._edgegw_coalescing = True
+        try:
+            self.loop_write()
+        finally:
+            self._edgegw_coalescing = False
+        if self._edgegw_write_behind:
+            self._flush_write_behind()
+
+    def write_behind(self) -> int:
+        """Bytes paho considers sent that the socket has not taken yet."""
+        return len(self._edgegw_write_behind)
+
+    def _flush_write_behind(self) -> bool:
+        """True when everything left; False when the socket is full (try again later)."""
+        pending = self._edgegw_write_behind
+        try:
+            sent: int = super()._sock_send(pending)
+        except BlockingIOError:
+            return False
+        except OSError:
+            # The connection is gone: paho notices it on its next read or write.
+            pending.clear()
+            return True
+        del pending[:sent]
+        return not pending
 
     def _sock_recv(self, bufsize: int) -> bytes:
         buffered = self._edgegw_read_ahead
@@ -446,7 +492,8 @@ class _Link:
             self.loop.add_writer(self.fd, self._on_writable)
 
     def _on_socket_unregister_write(self, _c: Any, _ud: Any, _sock: Any) -> None:
-        if self.fd >= 0:
+        # paho's queue is empty, but bytes it handed over may still wait for the socket.
+        if self.fd >= 0 and not self.paho.write_behind():
             self.loop.remove_writer(self.fd)
 
     # -- readiness handlers (event loop) -------------------------------------------------------
@@ -464,7 +511,13 @@ class _Link:
             self._deliver()
 
     def _on_writable(self) -> None:
-        self.paho.loop_write()
+        client = self.paho
+        client.coalesced_write()
+        if self.fd >= 0:
+            if client.write_behind():
+                self.loop.add_writer(self.fd, self._on_writable)
+            elif not client.want_write():
+                self.loop.remove_writer(self.fd)
         if self.acks or self.status_rc is not None:
             self._deliver()
 

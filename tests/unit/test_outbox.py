@@ -243,9 +243,7 @@ async def test_a_gap_message_follows_its_schema(tmp_path: Path) -> None:
 
 async def test_duplicates_with_their_key_timestamp_are_refused(outbox: Outbox) -> None:
     def stamped(key: str, micros: int) -> PendingEvent:
-        pending = event(key)
-        pending.key_ts = micros
-        return pending
+        return event(key)._replace(key_ts=micros)
 
     await outbox.append([stamped("k1", 10), stamped("k2", 10), stamped("k3", 20)])
     assert await outbox.append([stamped("k2", 10), stamped("k3", 20), stamped("k4", 20)]) == 1
