@@ -405,6 +405,7 @@ class OpcUaPlc:
         namespace_shift: int = 0,
         bench_items: int = 0,
         bench_interval: float = 1.0,
+        bench_slice: int = BENCH_SLICE,
         tick: float = 0.1,
         seed: int = 0,
     ) -> None:
@@ -418,6 +419,8 @@ class OpcUaPlc:
             raise ValueError(f"bench_items must be within 0..{MAX_BENCH_ITEMS}")
         if bench_items and bench_interval <= 0:
             raise ValueError("bench_interval must be > 0")
+        if bench_slice < 1:
+            raise ValueError("bench_slice must be >= 1")
         self.host = host
         self._port = port
         self.security: SecurityMode = security
@@ -425,6 +428,8 @@ class OpcUaPlc:
         self.namespace_shift = namespace_shift
         self.bench_items = bench_items
         self.bench_interval = bench_interval
+        #: Bench items written together, at one instant; the slices of a round are spread.
+        self.bench_slice = bench_slice
         #: Seconds between simulation steps; <= 0 freezes the line (call step()).
         self.tick = tick
         self.faults = OpcUaFaults()
@@ -767,7 +772,8 @@ class OpcUaPlc:
         loop = asyncio.get_running_loop()
         ids = self._bench_ids
         slices = [
-            (first, ids[first : first + BENCH_SLICE]) for first in range(0, len(ids), BENCH_SLICE)
+            (first, ids[first : first + self.bench_slice])
+            for first in range(0, len(ids), self.bench_slice)
         ]
         spacing = self.bench_interval * BENCH_SPREAD / len(slices)
         round_start = loop.time() + self.bench_interval
@@ -963,6 +969,14 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="seconds between bench rewrites (default %(default)s)",
     )
     parser.add_argument(
+        "--bench-slice",
+        type=int,
+        default=BENCH_SLICE,
+        metavar="N",
+        help="bench items changed together at one instant; a round's slices are spread over "
+        "the interval (default %(default)s; small slices make a steady flow, large ones bursts)",
+    )
+    parser.add_argument(
         "--tick",
         type=float,
         default=0.1,
@@ -982,6 +996,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"--bench-items must be within 0..{MAX_BENCH_ITEMS}")
     if args.bench_interval <= 0:
         parser.error("--bench-interval must be > 0")
+    if args.bench_slice < 1:
+        parser.error("--bench-slice must be >= 1")
     return args
 
 
@@ -994,6 +1010,7 @@ async def _run(args: argparse.Namespace) -> None:
         namespace_shift=args.namespace_shift,
         bench_items=args.bench_items,
         bench_interval=args.bench_interval,
+        bench_slice=args.bench_slice,
         tick=args.tick,
         seed=args.seed,
     )
