@@ -218,7 +218,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_browse(args)
         if args.command == "pki":
             return _pki_create(args)
-        config = _load(args.config)
+        if args.command == "run":
+            # The daemon parses its config in a child process: see edgegw/config/isolated.py.
+            from edgegw.config.isolated import load_config_isolated
+
+            config = load_config_isolated(args.config)
+        else:
+            config = _load(args.config)
         if args.command == "check":
             count = sum(len(source.tags) for source in config.sources)
             print(f"{args.config}: ok ({len(config.sources)} sources, {count} tags)")
