@@ -17,6 +17,7 @@ from edgegw.metrics import serve
 from edgegw.outbox import NORMAL_SYNC_INTERVAL, Outbox, PendingEvent
 from edgegw.pipeline import Pipeline
 from edgegw.quarantine import QuarantineRecord
+from edgegw.sdnotify import Notifier
 from edgegw.sinks.mqtt import MqttSettings
 from edgegw.sources.base import Source
 from edgegw.sources.registry import build_source
@@ -28,6 +29,7 @@ COMMIT_MAX_EVENTS = 1000
 ALARM_EVERY = 30.0  # seconds between repeated alarms while the outbox refuses data
 RELEASE_EVERY = 2.0  # seconds between looks for released quarantine records
 EXPIRE_EVERY = 60.0
+STATUS_EVERY = 5.0  # seconds between STATUS= lines to systemd
 
 
 def mqtt_settings(config: GatewayConfig) -> MqttSettings:
@@ -78,6 +80,7 @@ class Gateway:
         self.outbox_alarm: str | None = None  # why the outbox refuses data, while it does
         self.metrics_port: int | None = None  # the bound port of /metrics, once serving
         self.started = asyncio.Event()
+        self.notifier = Notifier()
 
     def _metrics_bound(self, port: int) -> None:
         self.metrics_port = port
@@ -110,7 +113,9 @@ class Gateway:
                     group.create_task(self._read_forever(source), name=f"source:{source.name}")
                     for source in self.sources
                 ]
+                notifier = group.create_task(self._notify_forever(), name="sd-notify")
                 self.started.set()
+                self.notifier.ready(self.status_line())
                 log.info(
                     "gateway started id=%s sources=%d outbox_depth=%d",
                     self.config.gateway.id,
@@ -119,6 +124,7 @@ class Gateway:
                 )
                 await self.stop_requested.wait()
                 log.info("stopping: sources first, then the outbox, then the broker")
+                self.notifier.stopping(f"stopping; {self.status_line()}")
                 self.forwarder.release_intake()
                 # Cancel until they are gone: on Python 3.11 asyncio.wait_for (used by pymodbus
                 # and our driver) swallows a cancellation whose reply lands in the same loop
@@ -139,12 +145,14 @@ class Gateway:
                     )
                 committer.cancel()
                 expirer.cancel()
+                notifier.cancel()
                 if syncer is not None:
                     syncer.cancel()
                 if server is not None:
                     server.cancel()
                 forwarder_stop.set()
         finally:
+            self.notifier.close()
             await self.outbox.close()
             log.info(
                 "gateway stopped committed=%d published=%d",
@@ -223,6 +231,29 @@ class Gateway:
                     time.monotonic() - blocked_since,
                 )
             return
+
+    def status_line(self) -> str:
+        """One line for systemd's STATUS= (shown by `systemctl status edgegw`)."""
+        up = sum(source.status.connected for source in self.sources)
+        broker = "up" if self.forwarder.status.broker_up else "down"
+        return (
+            f"{up}/{len(self.sources)} sources up, broker {broker}, outbox {self.outbox.depth}, "
+            f"{self.forwarder.status.published} published"
+        )
+
+    async def _notify_forever(self) -> None:
+        """WATCHDOG=1 at half of WatchdogSec, from the event loop itself: a stalled loop stops
+        the pings and systemd restarts the service; STATUS= every few seconds."""
+        interval = self.notifier.watchdog_interval
+        tick = min(interval, STATUS_EVERY) if interval is not None else STATUS_EVERY
+        last_status = time.monotonic()
+        while True:
+            await asyncio.sleep(tick)
+            if interval is not None:
+                self.notifier.watchdog()
+            if time.monotonic() - last_status >= STATUS_EVERY:
+                last_status = time.monotonic()
+                self.notifier.status(self.status_line())
 
     async def _sync_forever(self) -> None:
         """synchronous=normal: commits are safe from a process crash at once and from a

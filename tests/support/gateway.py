@@ -67,8 +67,9 @@ def write_config(path: Path, data: dict[str, Any]) -> Path:
 class GatewayProcess:
     """`edgegw run -c FILE` as a child process, as systemd would run it."""
 
-    def __init__(self, config_path: Path) -> None:
+    def __init__(self, config_path: Path, env: dict[str, str] | None = None) -> None:
         self.config_path = config_path
+        self.env = None if env is None else {**os.environ, **env}
         self.process: asyncio.subprocess.Process | None = None
         self.stderr_path = config_path.with_suffix(f".{os.getpid()}.stderr")
 
@@ -85,6 +86,7 @@ class GatewayProcess:
             str(self.config_path),
             stdout=asyncio.subprocess.DEVNULL,
             stderr=self._stderr,
+            env=self.env,
         )
         return self
 

@@ -1,0 +1,112 @@
+"""sd_notify: READY once started, WATCHDOG at half of WATCHDOG_USEC, STOPPING at SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from edgegw.sdnotify import Notifier
+from simulators.modbus_plc import ModbusPlc
+from tests.support.broker import Mosquitto
+from tests.support.gateway import GatewayProcess, bench_tags, config_dict, write_config
+from tests.support.wait import until
+
+pytestmark = pytest.mark.timeout(40)
+
+
+@pytest.fixture
+async def plc() -> AsyncIterator[ModbusPlc]:
+    sim = ModbusPlc(host="127.0.0.1", port=0, tick=0, bench_registers=10)
+    await sim.start()
+    yield sim
+    await sim.stop()
+
+
+class NotifySocket:
+    """What systemd would receive on NOTIFY_SOCKET."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._socket.bind(str(path))
+        self._socket.setblocking(False)
+        self.messages: list[str] = []
+
+    def received(self) -> list[str]:
+        while True:
+            try:
+                self.messages.append(self._socket.recv(4096).decode())
+            except BlockingIOError:
+                return self.messages
+
+    def close(self) -> None:
+        self._socket.close()
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[NotifySocket]:
+    listener = NotifySocket(tmp_path / "notify.sock")
+    yield listener
+    listener.close()
+
+
+async def test_ready_watchdog_pings_and_stopping(
+    tmp_path: Path, plc: ModbusPlc, mosquitto: Mosquitto, notify_socket: NotifySocket
+) -> None:
+    path = write_config(
+        tmp_path / "gw.yaml", config_dict(tmp_path, mosquitto.port, plc.port, bench_tags(5))
+    )
+    env = {"NOTIFY_SOCKET": str(notify_socket.path), "WATCHDOG_USEC": "400000"}
+    process = await GatewayProcess(path, env=env).start()
+    try:
+        await until(
+            lambda: any(m.startswith("READY=1") for m in notify_socket.received()), 20, "READY=1"
+        )
+        await until(
+            lambda: notify_socket.received().count("WATCHDOG=1") >= 3, 10, "3 watchdog pings"
+        )
+    finally:
+        process.signal(signal.SIGTERM)
+        assert await process.wait(15) == 0
+    messages = notify_socket.received()
+    ready = next(m for m in messages if m.startswith("READY=1"))
+    assert re.search(r"\nSTATUS=[01]/1 sources up, broker (up|down), outbox \d+", ready), ready
+    assert messages.index(ready) < messages.index("WATCHDOG=1")
+    assert messages[-1].startswith("STOPPING=1"), messages[-3:]
+
+
+def test_without_notify_socket_nothing_is_sent_and_nothing_fails() -> None:
+    notifier = Notifier({})
+    assert not notifier.enabled
+    assert notifier.watchdog_interval is None
+    notifier.ready("x")
+    notifier.watchdog()
+
+
+def test_watchdog_interval_is_half_and_only_for_this_process() -> None:
+    assert Notifier({"WATCHDOG_USEC": "30000000"}).watchdog_interval == 15.0
+    mine = {"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": str(os.getpid())}
+    assert Notifier(mine).watchdog_interval == 15.0
+    other = {"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": str(os.getpid() + 1)}
+    assert Notifier(other).watchdog_interval is None
+    assert Notifier({"WATCHDOG_USEC": "soon"}).watchdog_interval is None
+
+
+def test_an_abstract_socket_name_and_a_vanished_socket(tmp_path: Path) -> None:
+    name = f"edgegw-test-{os.getpid()}"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind("\0" + name)
+    try:
+        Notifier({"NOTIFY_SOCKET": "@" + name}).ready("up")
+        assert listener.recv(4096) == b"READY=1\nSTATUS=up"
+    finally:
+        listener.close()
+    gone = Notifier({"NOTIFY_SOCKET": str(tmp_path / "missing.sock")})
+    gone.watchdog()  # logged once, never raised
+    gone.watchdog()
