@@ -54,7 +54,6 @@ from bench.catchup_fill import fill_outbox
 from bench.e2e import (
     BASE_PREFIX,
     MOSQUITTO,
-    REPO,
     RESULTS,
     Sampler,
     cpu_seconds,
@@ -68,11 +67,12 @@ from bench.e2e import (
     parse_stop_line,
     py_spy_dump,
     run_baseline,
+    start_modbus_simulator,
+    start_mosquitto,
     stop_process,
     summarise_profile,
     thread_cpu,
     wait_drained,
-    wait_port,
 )
 from bench.subscriber import RawSubscriber
 
@@ -203,45 +203,6 @@ def fill_config(cfg: dict[str, Any], modbus_port: int, args: argparse.Namespace)
         }
     )
     return out
-
-
-def start_mosquitto(tmp: Path, port: int) -> subprocess.Popen[bytes]:
-    conf = tmp / "mosquitto.conf"
-    # As bench.e2e: nothing persisted, no queue limit for the subscriber, 100 in flight.
-    conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-        "max_queued_messages 0\nmax_inflight_messages 100\n"
-    )
-    proc = subprocess.Popen(
-        [MOSQUITTO, "-c", str(conf)],
-        stdout=subprocess.DEVNULL,
-        stderr=(tmp / "mosquitto.log").open("wb"),
-    )
-    wait_port(port, proc, "mosquitto")
-    return proc
-
-
-def start_simulator(tmp: Path, port: int, registers: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "simulators.modbus_plc",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--bench-registers",
-            str(registers),
-            "--log-level",
-            "WARNING",
-        ],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=(tmp / "simulator.log").open("wb"),
-    )
-    wait_port(port, proc, "simulator")
-    return proc
 
 
 def start_profiler(pid: int, out: Path, log: Path) -> subprocess.Popen[bytes] | None:
@@ -458,7 +419,7 @@ class Run:
         self.procs["mosquitto"] = start_mosquitto(self.tmp, self.mqtt_port)
         self.sub = CatchupSubscriber("127.0.0.1", self.mqtt_port, n)
         self.sub.start()
-        self.procs["simulator"] = start_simulator(self.tmp, self.modbus_port, args.live_tags)
+        self.procs["simulator"] = start_modbus_simulator(self.tmp, self.modbus_port, args.live_tags)
         config_path = self.tmp / "edgegw.yaml"
         config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         self._drain(config_path)

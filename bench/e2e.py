@@ -94,6 +94,45 @@ def stop_process(proc: subprocess.Popen[Any] | None, timeout: float = 10.0) -> i
     return proc.returncode
 
 
+def start_mosquitto(tmp: Path, port: int) -> subprocess.Popen[bytes]:
+    conf = tmp / "mosquitto.conf"
+    # Nothing persisted, no queue limit for the subscriber, 100 in flight.
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+        "max_queued_messages 0\nmax_inflight_messages 100\n"
+    )
+    proc = subprocess.Popen(
+        [MOSQUITTO, "-c", str(conf)],
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp / "mosquitto.log").open("wb"),
+    )
+    wait_port(port, proc, "mosquitto")
+    return proc
+
+
+def start_modbus_simulator(tmp: Path, port: int, registers: int) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "simulators.modbus_plc",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--bench-registers",
+            str(registers),
+            "--log-level",
+            "WARNING",
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp / "simulator.log").open("wb"),
+    )
+    wait_port(port, proc, "simulator")
+    return proc
+
+
 def median(values: list[float | int | None]) -> float | None:
     clean = [v for v in values if v is not None]
     return round(statistics.median(clean), 3) if clean else None

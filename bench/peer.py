@@ -57,8 +57,9 @@ from bench.e2e import (
     median,
     mosquitto_version,
     parse_duration,
+    start_modbus_simulator,
+    start_mosquitto,
     stop_process,
-    wait_port,
 )
 from bench.peer_tb import (
     PEER_VENV,
@@ -103,45 +104,6 @@ def tree_cpu_seconds(proc: psutil.Process) -> float:
             with contextlib.suppress(psutil.Error):
                 total += cpu_seconds(p)
     return total
-
-
-def start_mosquitto(tmp: Path, port: int) -> subprocess.Popen[Any]:
-    # The config of bench.e2e: no persistence, unlimited queue for the subscriber.
-    conf = tmp / "mosquitto.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-        "max_queued_messages 0\nmax_inflight_messages 100\n"
-    )
-    proc = subprocess.Popen(
-        [MOSQUITTO, "-c", str(conf)],
-        stdout=subprocess.DEVNULL,
-        stderr=(tmp / "mosquitto.log").open("wb"),
-    )
-    wait_port(port, proc, "mosquitto")
-    return proc
-
-
-def start_simulator(tmp: Path, port: int, tags: int) -> subprocess.Popen[Any]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "simulators.modbus_plc",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--bench-registers",
-            str(tags),
-            "--log-level",
-            "WARNING",
-        ],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=(tmp / "simulator.log").open("wb"),
-    )
-    wait_port(port, proc, "simulator")
-    return proc
 
 
 def start_peer(tmp: Path) -> subprocess.Popen[Any]:
@@ -296,7 +258,7 @@ def run_once(tags: int, poll: str, run_index: int, args: argparse.Namespace) -> 
         counter.start()
         responder = SessionLimitsResponder("127.0.0.1", mqtt_port)
         responder.start()
-        procs["simulator"] = start_simulator(tmp, modbus_port, tags)
+        procs["simulator"] = start_modbus_simulator(tmp, modbus_port, tags)
         write_peer_config(
             tmp / "config", mqtt_port, modbus_port, round(poll_s * 1000), layout, args.read_records
         )
