@@ -406,40 +406,12 @@ def run_once(
     result: dict[str, Any] = {"run": run_index, "tags": tags, "tmp": str(tmp)}
     try:
         # 1. broker, subscriber, simulator
-        conf = tmp / "mosquitto.conf"
-        conf.write_text(
-            f"listener {mqtt_port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            "max_queued_messages 0\nmax_inflight_messages 100\n"
-        )
-        procs["mosquitto"] = subprocess.Popen(
-            [MOSQUITTO, "-c", str(conf)],
-            stdout=subprocess.DEVNULL,
-            stderr=(tmp / "mosquitto.log").open("wb"),
-        )
-        wait_port(mqtt_port, procs["mosquitto"], "mosquitto")
+        procs["mosquitto"] = start_mosquitto(tmp, mqtt_port)
         kinds = {TELEMETRY_PREFIX: "gw", BASE_PREFIX: "base"}
         sub_cls = RawSubscriber if args.subscriber == "raw" else PahoSubscriber
         sub = sub_cls("127.0.0.1", mqtt_port, kinds)
         sub.start()
-        procs["simulator"] = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "simulators.modbus_plc",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(modbus_port),
-                "--bench-registers",
-                str(tags),
-                "--log-level",
-                "WARNING",
-            ],
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=(tmp / "simulator.log").open("wb"),
-        )
-        wait_port(modbus_port, procs["simulator"], "simulator")
+        procs["simulator"] = start_modbus_simulator(tmp, modbus_port, tags)
 
         # 2. the gateway
         cfg = gateway_config(tmp, mqtt_port, modbus_port, tags, args.tags_per_source, args)

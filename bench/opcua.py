@@ -68,6 +68,7 @@ from bench.e2e import (
     outbox_stats,
     parse_duration,
     parse_stop_line,
+    start_mosquitto,
     stop_process,
     thread_cpu,
     wait_drained,
@@ -587,17 +588,7 @@ def run_once(run_index: int, args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {"run": run_index, "items": items, "tmp": str(tmp)}
     try:
         # 1. broker, subscriber, simulator
-        conf = tmp / "mosquitto.conf"
-        conf.write_text(
-            f"listener {mqtt_port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            "max_queued_messages 0\nmax_inflight_messages 100\n"
-        )
-        procs["mosquitto"] = subprocess.Popen(
-            [MOSQUITTO, "-c", str(conf)],
-            stdout=subprocess.DEVNULL,
-            stderr=(tmp / "mosquitto.log").open("wb"),
-        )
-        wait_port(mqtt_port, procs["mosquitto"], "mosquitto")
+        procs["mosquitto"] = start_mosquitto(tmp, mqtt_port)
         sub = TimedSubscriber("127.0.0.1", mqtt_port)
         sub.start()
         t_sim = time.monotonic()
