@@ -9,7 +9,7 @@ import signal
 import time
 
 from edgegw.config.model import GatewayConfig
-from edgegw.errors import OutboxError
+from edgegw.errors import ConfigError, EdgeGwError, OutboxError
 from edgegw.events.schemas import announcements
 from edgegw.forwarder import BatchSettings, Forwarder
 from edgegw.intake import IntakeQueue
@@ -17,12 +17,14 @@ from edgegw.metrics import serve
 from edgegw.outbox import NORMAL_SYNC_INTERVAL, Outbox, PendingEvent
 from edgegw.pipeline import Pipeline
 from edgegw.quarantine import QuarantineRecord
+from edgegw.reload import ConfigChanges, diff_configs, file_sha256
 from edgegw.sdnotify import Notifier
 from edgegw.sinks.mqtt import MqttSettings
 from edgegw.sources.base import Source
 from edgegw.sources.registry import build_source
 
 log = logging.getLogger(__name__)
+audit = logging.getLogger("edgegw.audit")
 
 INTAKE_MAX_READINGS = 20_000  # queued between sources and committer: about 4 MB
 COMMIT_MAX_EVENTS = 1000
@@ -49,10 +51,17 @@ def mqtt_settings(config: GatewayConfig) -> MqttSettings:
 class Gateway:
     """One running gateway. `run()` returns after a clean stop (see `request_stop`)."""
 
-    def __init__(self, config: GatewayConfig, *, shutdown_grace: float = 10.0) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        shutdown_grace: float = 10.0,
+        config_path: str | None = None,
+    ) -> None:
         # shutdown_grace bounds each stage of the stop (commit, then in-flight publishes); the
         # unit's TimeoutStopSec (30 s) stays above their sum.
         self.config = config
+        self.config_path = config_path  # what SIGHUP reads again; None: no reload
         self.shutdown_grace = shutdown_grace
         self.outbox = Outbox(
             config.outbox_path,
@@ -80,7 +89,13 @@ class Gateway:
         self.outbox_alarm: str | None = None  # why the outbox refuses data, while it does
         self.metrics_port: int | None = None  # the bound port of /metrics, once serving
         self.started = asyncio.Event()
+        self.started_at = time.monotonic()
         self.notifier = Notifier()
+        self.rates: dict[str, float] = {}  # per second over the last STATUS_EVERY
+        self.reloads = {"applied": 0, "refused": 0}
+        self._reload_requested = asyncio.Event()
+        self._readers: dict[str, asyncio.Task[None]] = {}  # source name -> its reading task
+        self._group: asyncio.TaskGroup | None = None
 
     def _metrics_bound(self, port: int) -> None:
         self.metrics_port = port
@@ -88,11 +103,16 @@ class Gateway:
     def request_stop(self) -> None:
         self.stop_requested.set()
 
+    def request_reload(self) -> None:
+        """SIGHUP: read the config file again and apply it if valid (see `reload`)."""
+        self._reload_requested.set()
+
     async def run(self) -> None:
         await self.outbox.open()
         forwarder_stop = asyncio.Event()
         try:
             async with asyncio.TaskGroup() as group:
+                self._group = group
                 group.create_task(self.forwarder.run(forwarder_stop), name="forwarder")
                 committer = group.create_task(self._commit_forever(), name="committer")
                 expirer = group.create_task(self._expire_forever(), name="retention")
@@ -109,11 +129,10 @@ class Gateway:
                     if http is not None
                     else None
                 )
-                readers = [
-                    group.create_task(self._read_forever(source), name=f"source:{source.name}")
-                    for source in self.sources
-                ]
+                for source in self.sources:
+                    self._start_source(source)
                 notifier = group.create_task(self._notify_forever(), name="sd-notify")
+                reloader = group.create_task(self._reload_forever(), name="reload")
                 self.started.set()
                 self.notifier.ready(self.status_line())
                 log.info(
@@ -126,14 +145,8 @@ class Gateway:
                 log.info("stopping: sources first, then the outbox, then the broker")
                 self.notifier.stopping(f"stopping; {self.status_line()}")
                 self.forwarder.release_intake()
-                # Cancel until they are gone: on Python 3.11 asyncio.wait_for (used by pymodbus
-                # and our driver) swallows a cancellation whose reply lands in the same loop
-                # step, and a source would then keep polling after SIGTERM (seen in the bench).
-                running = set(readers)
-                while running:
-                    for reader in running:
-                        reader.cancel()
-                    _, running = await asyncio.wait(running, timeout=0.5)
+                await _cancel_until_gone([reloader])  # no reload starts sources from here on
+                await _cancel_until_gone(list(self._readers.values()))
                 try:
                     await asyncio.wait_for(self.intake.join(), self.shutdown_grace)
                 except TimeoutError:
@@ -158,6 +171,109 @@ class Gateway:
                 "gateway stopped committed=%d published=%d",
                 self.committed,
                 self.forwarder.status.published,
+            )
+
+    def _start_source(self, source: Source) -> None:
+        assert self._group is not None
+        self._readers[source.name] = self._group.create_task(
+            self._read_forever(source), name=f"source:{source.name}"
+        )
+
+    async def _reload_forever(self) -> None:
+        while True:
+            await self._reload_requested.wait()
+            self._reload_requested.clear()
+            await self.reload()
+
+    async def reload(self) -> bool:
+        """Read the config file again; apply it if valid and applicable, else keep the running
+        one. Buffered data is never touched: the outbox stays open throughout, sources that
+        did not change keep reading, and what changed sources read before they stopped is
+        committed under the old pipeline. True when applied."""
+        if self.config_path is None:
+            log.warning("reload requested, but this gateway was started without a config file")
+            return False
+        from edgegw.config.isolated import load_config_isolated
+
+        path = self.config_path
+        digest = file_sha256(path)
+        self.notifier.reloading()
+        try:
+            try:
+                new = await asyncio.to_thread(load_config_isolated, path)
+            except ConfigError as exc:
+                issues = [line for line in exc.issues if not line.endswith("not started.")]
+                for issue in issues:
+                    log.error("config reload: %s", issue)
+                return self._refused(path, digest, f"{len(issues)} problem(s) in the file")
+            except EdgeGwError as exc:
+                return self._refused(path, digest, str(exc))
+            changes = diff_configs(self.config, new)
+            if changes.needs_restart:
+                return self._refused(
+                    path,
+                    digest,
+                    f"{', '.join(changes.needs_restart)} changed, which takes a restart "
+                    "(systemctl restart edgegw)",
+                )
+            settings = mqtt_settings(new)
+            changes.mqtt = changes.mqtt or settings != self.forwarder.settings
+            await self._apply(new, changes, settings)
+            self.reloads["applied"] += 1
+            audit.warning(
+                "audit: config reloaded path=%s sha256=%s changes=%s",
+                path,
+                digest,
+                changes.describe(),
+                extra={"audit": "config-reload", "sha256": digest},
+            )
+            return True
+        finally:
+            self.notifier.ready(self.status_line())
+
+    def _refused(self, path: str, digest: str, why: str) -> bool:
+        self.reloads["refused"] += 1
+        audit.error(
+            "audit: config reload refused, the running config stays path=%s sha256=%s why=%s",
+            path,
+            digest,
+            why,
+            extra={"audit": "config-reload-refused", "sha256": digest},
+        )
+        return False
+
+    async def _apply(
+        self, new: GatewayConfig, changes: ConfigChanges, settings: MqttSettings
+    ) -> None:
+        stopping = [*changes.removed, *changes.changed]
+        await _cancel_until_gone([self._readers.pop(name) for name in stopping])
+        if changes.pipeline:
+            # Commit what the stopped sources read under the pipeline that knows their tags.
+            try:
+                await asyncio.wait_for(self.intake.join(), self.shutdown_grace)
+            except TimeoutError:
+                log.warning("reload: intake still busy after %g s", self.shutdown_grace)
+            pipeline = Pipeline(new)
+            pipeline.carry_from(self.pipeline)
+            self.pipeline = pipeline
+        self.config = new
+        kept = {s.name: s for s in self.sources if s.name not in stopping}
+        self.sources = [kept.get(c.name) or build_source(c) for c in new.sources]
+        for source in self.sources:
+            if source.name not in self._readers:
+                self._start_source(source)
+        if changes.retention:
+            self.outbox.max_rows = new.outbox.max_rows
+            self.outbox.max_age = new.outbox.max_age
+            self.outbox.max_bytes = new.outbox.max_bytes
+        if changes.mqtt:
+            self.outbox.gap_topic = new.mqtt.gap_topic.format(**new.topic_fields())
+            self.forwarder.reconfigure(
+                settings,
+                qos=new.mqtt.qos,
+                window=new.mqtt.inflight,
+                announcements=announcements(new),
+                batch=batch_settings(new),
             )
 
     async def _read_forever(self, source: Source) -> None:
@@ -193,12 +309,23 @@ class Gateway:
                     record.reason,
                     record.key,
                     record.trace,
+                    extra={"trace": record.trace},
                 )
             try:
                 await self._commit(events, held)
             finally:
                 for _ in batches:
                     self.intake.task_done()
+            if log.isEnabledFor(logging.DEBUG):
+                for event in events:
+                    log.debug(
+                        "committed seq=%s id=%s schema=%s trace=%s",
+                        event.payload.get("seq"),
+                        event.id,
+                        event.schema,
+                        event.trace,
+                        extra={"trace": event.trace},
+                    )
 
     async def _commit(self, events: list[PendingEvent], held: list[QuarantineRecord]) -> None:
         """Commit, or hold intake until the outbox takes data again (disk full, I/O error):
@@ -241,18 +368,36 @@ class Gateway:
             f"{self.forwarder.status.published} published"
         )
 
+    def _update_rates(self, counters: dict[str, float], elapsed: float) -> dict[str, float]:
+        now = {
+            "published": float(self.forwarder.status.published),
+            "committed": float(self.committed),
+        }
+        for source in self.sources:
+            now[f"reads:{source.name}"] = float(source.status.reads)
+            now[f"errors:{source.name}"] = float(source.status.errors)
+        if elapsed > 0:
+            self.rates = {
+                key: round(max(0.0, value - counters.get(key, value)) / elapsed, 1)
+                for key, value in now.items()
+            }
+        return now
+
     async def _notify_forever(self) -> None:
         """WATCHDOG=1 at half of WatchdogSec, from the event loop itself: a stalled loop stops
         the pings and systemd restarts the service; STATUS= every few seconds."""
         interval = self.notifier.watchdog_interval
         tick = min(interval, STATUS_EVERY) if interval is not None else STATUS_EVERY
         last_status = time.monotonic()
+        counters = self._update_rates({}, 0.0)
         while True:
             await asyncio.sleep(tick)
             if interval is not None:
                 self.notifier.watchdog()
-            if time.monotonic() - last_status >= STATUS_EVERY:
-                last_status = time.monotonic()
+            now = time.monotonic()
+            if now - last_status >= STATUS_EVERY:
+                counters = self._update_rates(counters, now - last_status)
+                last_status = now
                 self.notifier.status(self.status_line())
 
     async def _sync_forever(self) -> None:
@@ -291,15 +436,42 @@ def batch_settings(config: GatewayConfig) -> BatchSettings | None:
     return BatchSettings(batch.max_values, batch.max_delay, topic, config.gateway.id)
 
 
-async def run_gateway(config: GatewayConfig) -> None:
-    """Run until SIGTERM or SIGINT."""
-    gateway = Gateway(config)
+async def _cancel_until_gone(tasks: list[asyncio.Task[None]]) -> None:
+    # Cancel until they are gone: on Python 3.11 asyncio.wait_for (used by pymodbus and our
+    # driver) swallows a cancellation whose reply lands in the same loop step, and a source
+    # would then keep polling (seen in the bench).
+    running = set(tasks)
+    while running:
+        for task in running:
+            task.cancel()
+        _, running = await asyncio.wait(running, timeout=0.5)
+
+
+async def run_gateway(config: GatewayConfig, config_path: str | None = None) -> None:
+    """Run until SIGTERM or SIGINT; SIGHUP reloads `config_path`."""
+    gateway = Gateway(config, config_path=config_path)
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, gateway.request_stop)
+    handlers = {
+        signal.SIGTERM: gateway.request_stop,
+        signal.SIGINT: gateway.request_stop,
+        signal.SIGHUP: gateway.request_reload,
+    }
+    for signum, handler in handlers.items():
+        loop.add_signal_handler(signum, handler)
+    if config_path is not None:
+        digest = file_sha256(config_path)
+        audit.warning(
+            "audit: config loaded path=%s sha256=%s sources=%d tags=%d events=%d",
+            config_path,
+            digest,
+            len(config.sources),
+            sum(len(source.tags) for source in config.sources),
+            len(config.events),
+            extra={"audit": "config-load", "sha256": digest},
+        )
     try:
         await gateway.run()
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in handlers:
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(signum)

@@ -233,9 +233,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             # A stop request while still starting (imports, config) ends cleanly with 0;
             # run_gateway installs the real handlers before the outbox opens.
             signal.signal(signal.SIGTERM, _stop_before_start)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload before the start: no-op
             from edgegw.app import run_gateway
 
-            asyncio.run(run_gateway(config))
+            asyncio.run(run_gateway(config, args.config))
             return 0
         if args.command == "outbox":
             return _outbox_stats(config.outbox_path, as_json=args.json)

@@ -14,6 +14,7 @@ import orjson
 
 from edgegw.backoff import Backoff
 from edgegw.errors import OutboxError, SinkError
+from edgegw.histogram import Histogram
 from edgegw.outbox import Outbox, StoredEvent
 from edgegw.sinks.mqtt import MqttClient, MqttSettings
 
@@ -35,7 +36,7 @@ class ForwarderStatus:
     refused: int = 0  # PUBACK with a reason code >= 0x80: kept and retried after reconnect
     connects: int = 0
     last_error: str | None = None
-    last_ack_latency: float = 0.0  # seconds from reading received to PUBACK
+    last_ack_latency: float = 0.0  # seconds from source timestamp to PUBACK
 
 
 TELEMETRY_PREFIX = "edgegw.telemetry/"
@@ -81,7 +82,9 @@ class Forwarder:
         self.window = window
         self.drain_grace = drain_grace
         self.status = ForwarderStatus()
-        self._in_flight: dict[int, float] = {}  # seq -> created
+        self._in_flight: dict[int, StoredEvent] = {}  # token -> its row (a batch: the first)
+        self._batch_rows: dict[int, list[StoredEvent]] = {}  # batch token -> its rows
+        self.latency = Histogram()  # source timestamp -> PUBACK, per value
         self._acked: list[int] = []
         self._acked_pending: set[int] = set()  # acknowledged, delete not yet committed
         self._wake = asyncio.Event()
@@ -94,6 +97,26 @@ class Forwarder:
         self.intake_waits = 0  # times intake waited for the forwarder (overload)
         self.throttle_intake = True  # off at shutdown: what was read must be committed
         self.intake_lead_limit = INTAKE_LEAD
+        self._reconnect = asyncio.Event()  # set by reconfigure(): new settings, new connection
+
+    def reconfigure(
+        self,
+        settings: MqttSettings,
+        *,
+        qos: int,
+        window: int,
+        announcements: Sequence[tuple[str, bytes]],
+        batch: BatchSettings | None,
+    ) -> None:
+        """Apply new MQTT settings: what is in flight is drained (bounded by the grace
+        period), the connection closed cleanly, and a new one opened with the new settings.
+        Unacknowledged rows are sent again on it, as after any reconnect."""
+        self.settings = settings
+        self.qos = qos
+        self.window = window
+        self.announcements = list(announcements)
+        self.batch = batch
+        self._reconnect.set()
 
     def intake_lead(self) -> int:
         """Rows committed since the connect minus rows sent on it; 0 while the broker is down."""
@@ -143,6 +166,7 @@ class Forwarder:
                 log.info("broker connected url=%s:%d", self.settings.host, self.settings.port)
                 self._announce(client)
                 reason = await self._pump(client, stop)
+                self._reconnect.clear()
                 if reason is not None:
                     self._set_down(reason)
                 self._client = None
@@ -181,12 +205,13 @@ class Forwarder:
     async def _pump(self, client: MqttClient, stop: asyncio.Event) -> str | None:
         """Publish until the connection drops (returns the reason) or stop is set (None)."""
         self._in_flight.clear()
+        self._batch_rows.clear()
         cursor = 0
         # MQTT 5 forbids more unacknowledged QoS 1 publishes than the broker's Receive Maximum;
         # a strict broker disconnects a client that exceeds it (0x93).
         window = min(self.window, client.receive_maximum)
         lost = asyncio.create_task(client.wait_disconnected(), name="mqtt-disconnect-watch")
-        stopped = asyncio.create_task(stop.wait(), name="forwarder-stop-watch")
+        stopped = asyncio.create_task(self._stop_or_reconnect(stop), name="forwarder-stop-watch")
         try:
             # Rows are claimed in pages larger than the window: each claim waits for the
             # outbox lock behind a commit group, so one claim per window starves forwarding
@@ -196,7 +221,7 @@ class Forwarder:
             more = True  # rows may wait in the outbox beyond `ready`
             # Batching claims ahead so that a batch can fill; otherwise only when empty.
             refill = self.batch.max_values if self.batch is not None else 1
-            while not lost.done() and not stop.is_set():
+            while not lost.done() and not stopped.done():
                 self._wake.clear()
                 more = more or self.outbox.appended.is_set()
                 self.outbox.appended.clear()
@@ -229,7 +254,7 @@ class Forwarder:
                 return lost.result()
             await self._drain_in_flight(client, lost)
             await client.close()
-            return None
+            return None if stop.is_set() else "reconnecting with new settings (config reload)"
         finally:
             stopped.cancel()
             if not lost.done():
@@ -237,6 +262,14 @@ class Forwarder:
             self._in_flight.clear()
             self._members.clear()
             self._sources.clear()
+
+    async def _stop_or_reconnect(self, stop: asyncio.Event) -> None:
+        waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._reconnect.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
 
     def _announce(self, client: MqttClient) -> None:
         """Publish the retained schema messages; their acks carry negative tokens (ignored)."""
@@ -310,7 +343,8 @@ class Forwarder:
             token=last,
             user_properties=(("schema", BATCH_SCHEMA), ("count", str(len(rows)))),
         )
-        self._in_flight[last] = rows[0].created
+        self._in_flight[last] = rows[0]
+        self._batch_rows[last] = rows
         self._members[last] = [row.seq for row in rows]
         self._sent_since_connect += len(rows)
         self._progressed()
@@ -331,7 +365,7 @@ class Forwarder:
                 token=row.seq,
                 user_properties=(("id", row.id), ("schema", row.schema), ("trace", row.trace)),
             )
-            in_flight[row.seq] = row.created
+            in_flight[row.seq] = row
 
     async def _drain_in_flight(self, client: MqttClient, lost: asyncio.Task[str]) -> None:
         """On shutdown: wait a bounded time for PUBACKs of what is already sent."""
@@ -347,22 +381,41 @@ class Forwarder:
             )
 
     def _on_ack(self, token: int, reason_code: int) -> None:
-        created = self._in_flight.pop(token, None)
-        if created is None:
+        row = self._in_flight.pop(token, None)
+        if row is None:
             return
+        rows = self._batch_rows.pop(token, None) or [row]
         if reason_code >= 0x80:
             self._members.pop(token, None)
             self.status.refused += 1
-            log.error(
-                "broker refused a publish; the event stays in the outbox seq=%d reason_code=0x%02X",
-                token,
-                reason_code,
-            )
+            for refused in rows:
+                log.error(
+                    "broker refused a publish; the event stays in the outbox seq=%d id=%s "
+                    "reason_code=0x%02X trace=%s",
+                    refused.seq,
+                    refused.id,
+                    reason_code,
+                    refused.trace,
+                    extra={"trace": refused.trace},
+                )
         else:
             seqs = self._members.pop(token, None) or [token]
             self._acked.extend(seqs)
             self._acked_pending.update(seqs)
-            self.status.last_ack_latency = time.time() - created
+            now = time.time()
+            self.status.last_ack_latency = now - row.source_time
+            observe = self.latency.observe
+            for acked in rows:
+                observe(now - (acked.key_ts / 1e6 if acked.key_ts else acked.created))
+            if log.isEnabledFor(logging.DEBUG):
+                for acked in rows:
+                    log.debug(
+                        "acknowledged seq=%d id=%s trace=%s",
+                        acked.seq,
+                        acked.id,
+                        acked.trace,
+                        extra={"trace": acked.trace},
+                    )
             self._acks_ready.set()
         self._wake.set()
 

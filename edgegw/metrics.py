@@ -9,110 +9,243 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
+
+from edgegw import __version__
+from edgegw.errors import OutboxError
 
 if TYPE_CHECKING:
     from edgegw.app import Gateway
 
 log = logging.getLogger(__name__)
 
+FAMILIES: dict[str, str] = {
+    "edgegw_info": "gauge",
+    "edgegw_uptime_seconds": "gauge",
+    "edgegw_outbox_depth": "gauge",
+    "edgegw_outbox_oldest_age_seconds": "gauge",
+    "edgegw_committed_total": "counter",
+    "edgegw_published_total": "counter",
+    "edgegw_publish_refused_total": "counter",
+    "edgegw_outbox_dropped_total": "counter",
+    "edgegw_outbox_duplicates_total": "counter",
+    "edgegw_intake_waits_total": "counter",
+    "edgegw_outbox_alarm": "gauge",
+    "edgegw_outbox_recovered_from_corruption": "gauge",
+    "edgegw_quarantined_total": "counter",
+    "edgegw_broker_up": "gauge",
+    "edgegw_broker_connects_total": "counter",
+    "edgegw_e2e_latency_seconds": "histogram",
+    "edgegw_source_up": "gauge",
+    "edgegw_reads_total": "counter",
+    "edgegw_read_errors_total": "counter",
+    "edgegw_source_availability_ratio": "gauge",
+    "edgegw_source_outages_total": "counter",
+    "edgegw_mttr_seconds": "gauge",
+    "edgegw_config_reloads_total": "counter",
+}
+"""Every metric family served on /metrics, with its Prometheus type (the dashboard and the
+tests check against it)."""
+
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def render_metrics(gateway: Gateway) -> str:
+def render_metrics(gateway: Gateway, oldest_created: float | None) -> str:
+    """The Prometheus text exposition of every family in FAMILIES; `oldest_created` is the
+    receive time of the oldest row waiting in the outbox (read by the caller, asynchronously)."""
     lines: list[str] = []
 
-    def metric(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
+    def metric(name: str, help_text: str, samples: list[tuple[str, float]]) -> None:
         lines.append(f"# HELP {name} {help_text}")
-        lines.append(f"# TYPE {name} {kind}")
+        lines.append(f"# TYPE {name} {FAMILIES[name]}")
         lines.extend(f"{name}{labels} {value:g}" for labels, value in samples)
 
+    def one(name: str, help_text: str, value: float) -> None:
+        metric(name, help_text, [("", value)])
+
     outbox = gateway.outbox
-    forwarder = gateway.forwarder.status
-    pipeline = gateway.pipeline
-    metric("edgegw_outbox_depth", "gauge", "Events waiting for the broker.", [("", outbox.depth)])
-    metric("edgegw_committed_total", "counter", "Events committed.", [("", gateway.committed)])
-    metric(
+    forwarder = gateway.forwarder
+    wall = time.time()
+    now = time.monotonic()
+    info = f'{{version="{_escape(__version__)}",gateway="{_escape(gateway.config.gateway.id)}"}}'
+    metric("edgegw_info", "Version and gateway id (always 1).", [(info, 1)])
+    one("edgegw_uptime_seconds", "Seconds since the gateway started.", now - gateway.started_at)
+    one("edgegw_outbox_depth", "Events waiting for the broker.", outbox.depth)
+    one(
+        "edgegw_outbox_oldest_age_seconds",
+        "Age of the oldest event waiting for the broker (0 when none waits).",
+        0.0 if oldest_created is None else max(0.0, wall - oldest_created),
+    )
+    one("edgegw_committed_total", "Events committed to the outbox.", gateway.committed)
+    one(
         "edgegw_published_total",
-        "counter",
-        "Events acknowledged by the broker.",
-        [("", forwarder.published)],
+        "Events acknowledged by the broker and deleted.",
+        forwarder.status.published,
     )
-    metric(
+    one(
+        "edgegw_publish_refused_total",
+        "Publishes the broker refused (PUBACK >= 0x80); they stay in the outbox.",
+        forwarder.status.refused,
+    )
+    one(
         "edgegw_outbox_dropped_total",
-        "counter",
         "Events dropped by retention (announced by edgegw.gap/1 messages).",
-        [("", outbox.dropped)],
+        outbox.dropped,
     )
-    metric(
+    one(
         "edgegw_outbox_duplicates_total",
-        "counter",
         "Events refused because their id was committed before.",
-        [("", outbox.duplicates)],
+        outbox.duplicates,
     )
-    metric(
+    one(
         "edgegw_intake_waits_total",
-        "counter",
         "Times intake waited for the forwarder: reading outpaced sending (CPU overload).",
-        [("", gateway.forwarder.intake_waits)],
+        forwarder.intake_waits,
     )
     alarm = gateway.outbox_alarm
     metric(
         "edgegw_outbox_alarm",
-        "gauge",
         "1 while the outbox takes no data (disk full, I/O error): intake is stopped.",
         [(f'{{reason="{_escape(alarm)}"}}' if alarm else "", 1 if alarm else 0)],
     )
-    metric(
+    one(
         "edgegw_outbox_recovered_from_corruption",
-        "gauge",
         "1 if the outbox was found damaged at start and moved aside.",
-        [("", 1 if outbox.corrupt_moved_to else 0)],
+        1 if outbox.corrupt_moved_to else 0,
     )
-    metric(
+    one(
         "edgegw_quarantined_total",
-        "counter",
         "Values and events held back by a contract.",
-        [("", pipeline.quarantined)],
+        gateway.pipeline.quarantined,
     )
-    metric(
-        "edgegw_broker_up", "gauge", "1 while connected to the broker.", [("", forwarder.broker_up)]
+    one("edgegw_broker_up", "1 while connected to the broker.", forwarder.status.broker_up)
+    one(
+        "edgegw_broker_connects_total",
+        "Successful connections to the broker (more than 1: reconnects).",
+        forwarder.status.connects,
     )
-    up: list[tuple[str, float]] = []
-    errors: list[tuple[str, float]] = []
-    reads: list[tuple[str, float]] = []
+    histogram = forwarder.latency
+    name = "edgegw_e2e_latency_seconds"
+    lines.append(f"# HELP {name} Source timestamp to broker acknowledgement, per value.")
+    lines.append(f"# TYPE {name} histogram")
+    for bound, count in histogram.cumulative():
+        le = "+Inf" if bound == float("inf") else f"{bound:g}"
+        lines.append(f'{name}_bucket{{le="{le}"}} {count}')
+    lines.append(f"{name}_sum {histogram.sum:g}")
+    lines.append(f"{name}_count {histogram.count}")
+
+    per_source: dict[str, list[tuple[str, float]]] = {
+        family: []
+        for family in (
+            "edgegw_source_up",
+            "edgegw_reads_total",
+            "edgegw_read_errors_total",
+            "edgegw_source_availability_ratio",
+            "edgegw_source_outages_total",
+            "edgegw_mttr_seconds",
+        )
+    }
     for source in gateway.sources:
         label = f'{{source="{_escape(source.name)}"}}'
-        up.append((label, 1 if source.status.connected else 0))
-        errors.append((label, source.status.errors))
-        reads.append((label, source.status.reads))
-    metric("edgegw_source_up", "gauge", "1 while the source is connected.", up)
-    metric("edgegw_read_errors_total", "counter", "Failed requests per source.", errors)
-    metric("edgegw_reads_total", "counter", "Answered requests per source.", reads)
+        status = source.status
+        for family, value in (
+            ("edgegw_source_up", 1 if status.connected else 0),
+            ("edgegw_reads_total", status.reads),
+            ("edgegw_read_errors_total", status.errors),
+            ("edgegw_source_availability_ratio", status.availability(now)),
+            ("edgegw_source_outages_total", status.outages),
+            ("edgegw_mttr_seconds", status.mttr()),
+        ):
+            per_source[family].append((label, value))
+    help_texts = {
+        "edgegw_source_up": "1 while the source is connected.",
+        "edgegw_reads_total": "Answered requests per source.",
+        "edgegw_read_errors_total": "Failed requests per source (timeouts, refusals, drops).",
+        "edgegw_source_availability_ratio": "Share of the time since start the source was up.",
+        "edgegw_source_outages_total": "Times the source went down (or failed its first "
+        "connection).",
+        "edgegw_mttr_seconds": "Mean time from a source going down to its recovery (0 until "
+        "it recovered once).",
+    }
+    for family, samples in per_source.items():
+        metric(family, help_texts[family], samples)
+    reloads = gateway.reloads
+    metric(
+        "edgegw_config_reloads_total",
+        "Config reloads on SIGHUP, by result.",
+        [(f'{{result="{result}"}}', reloads[result]) for result in ("applied", "refused")],
+    )
     return "\n".join(lines) + "\n"
 
 
-def health(gateway: Gateway) -> tuple[int, bytes]:
+def snapshot(gateway: Gateway, oldest_created: float | None) -> dict[str, Any]:
+    """The gateway's state as /healthz serves it and `edgegw status` prints it."""
+    now = time.monotonic()
+    forwarder = gateway.forwarder.status
     failing = [
-        f"source {s.name}: {s.status.last_error}" for s in gateway.sources if not s.status.connected
+        f"source {s.name}: {s.status.last_error or 'not connected'}"
+        for s in gateway.sources
+        if not s.status.connected
     ]
-    if not gateway.forwarder.status.broker_up:
-        failing.append(f"broker: {gateway.forwarder.status.last_error or 'not connected'}")
+    if not forwarder.broker_up:
+        failing.append(f"broker: {forwarder.last_error or 'not connected'}")
     if gateway.outbox_alarm:
         failing.append(f"outbox: {gateway.outbox_alarm}")
-    body = {
+    rates = gateway.rates
+    return {
         "status": "ok" if not failing else "failing",
         "failing": failing,
-        "outbox_depth": gateway.outbox.depth,
-        "sources": {s.name: s.status.connected for s in gateway.sources},
-        "broker_up": gateway.forwarder.status.broker_up,
+        "gateway": gateway.config.gateway.id,
+        "version": __version__,
+        "uptime_seconds": round(now - gateway.started_at, 1),
+        "broker": {
+            "up": forwarder.broker_up,
+            "address": gateway.forwarder.settings.address,
+            "connects": forwarder.connects,
+            "last_error": forwarder.last_error,
+            "published": forwarder.published,
+            "published_per_second": rates.get("published", 0.0),
+        },
+        "outbox": {
+            "depth": gateway.outbox.depth,
+            "oldest_age_seconds": None
+            if oldest_created is None
+            else round(max(0.0, time.time() - oldest_created), 1),
+            "committed": gateway.committed,
+            "committed_per_second": rates.get("committed", 0.0),
+            "dropped": gateway.outbox.dropped,
+            "quarantined": gateway.pipeline.quarantined,
+            "alarm": gateway.outbox_alarm,
+        },
+        "sources": {
+            s.name: {
+                "up": s.status.connected,
+                "reads": s.status.reads,
+                "errors": s.status.errors,
+                "reads_per_second": rates.get(f"reads:{s.name}", 0.0),
+                "errors_per_second": rates.get(f"errors:{s.name}", 0.0),
+                "availability": round(s.status.availability(now), 4),
+                "outages": s.status.outages,
+                "mttr_seconds": round(s.status.mttr(), 1),
+                "down_for_seconds": round(s.status.down_for(now), 1),
+                "last_error": s.status.last_error,
+            }
+            for s in gateway.sources
+        },
     }
-    return (200 if not failing else 503), orjson.dumps(body)
+
+
+async def _oldest_created(gateway: Gateway) -> float | None:
+    try:
+        return await gateway.outbox.oldest_created()
+    except OutboxError:  # closed at shutdown, or failing: the alarm says why
+        return None
 
 
 async def serve(gateway: Gateway, host: str, port: int, ready: Callable[[int], None]) -> None:
@@ -124,10 +257,13 @@ async def serve(gateway: Gateway, host: str, port: int, ready: Callable[[int], N
             if parts and parts[0] != "GET":
                 status, body, kind = 405, b"GET only\n", "text/plain"
             elif path == "/metrics":
-                status, body = 200, render_metrics(gateway).encode()
+                oldest = await _oldest_created(gateway)
+                status, body = 200, render_metrics(gateway, oldest).encode()
                 kind = "text/plain; version=0.0.4"
             elif path == "/healthz":
-                status, body = health(gateway)
+                state = snapshot(gateway, await _oldest_created(gateway))
+                status = 200 if state["status"] == "ok" else 503
+                body = orjson.dumps(state)
                 kind = "application/json"
             else:
                 status, body, kind = 404, b"try /metrics or /healthz\n", "text/plain"

@@ -133,6 +133,12 @@ class StoredEvent(NamedTuple):
     payload: bytes
     trace: str
     created: float
+    key_ts: int = 0  # telemetry: the source timestamp, µs; 0 for events and gap messages
+
+    @property
+    def source_time(self) -> float:
+        """When the value was taken at the source (events: when the gateway saw them)."""
+        return self.key_ts / 1e6 if self.key_ts else self.created
 
 
 @dataclass(frozen=True, slots=True)
@@ -475,13 +481,20 @@ class Outbox:
             self.depth += len(batch)
         self.appended.set()
         for event in batch:
-            log.warning("audit: released event published id=%s trace=%s", event.id, event.trace)
+            log.warning(
+                "audit: released event published id=%s seq=%s trace=%s",
+                event.id,
+                event.payload.get("seq"),
+                event.trace,
+                extra={"audit": "quarantine-release-published", "trace": event.trace},
+            )
         for key, trace in superseded:
             log.warning(
                 "audit: released event not sent: an event with this id was committed already "
                 "id=%s trace=%s",
                 key,
                 trace,
+                extra={"audit": "quarantine-release-superseded", "trace": trace},
             )
         return len(batch)
 
@@ -529,12 +542,19 @@ class Outbox:
         except sqlite3.DatabaseError:
             log.exception("outbox rollback failed path=%s", self.path)
 
+    async def oldest_created(self) -> float | None:
+        """When the oldest waiting row was received (None when empty): one index step."""
+        if self.depth == 0:
+            return None
+        rows = await _fetch(self.db, "SELECT created FROM outbox ORDER BY seq LIMIT 1")
+        return float(rows[0][0]) if rows else None
+
     async def claim(self, after_seq: int, limit: int) -> list[StoredEvent]:
         """The next rows in seq order after `after_seq`; they stay until acknowledged."""
         async with self._lock:
             rows = await _fetch(
                 self.db,
-                "SELECT seq, id, schema, topic, payload, trace, created FROM outbox "
+                "SELECT seq, id, schema, topic, payload, trace, created, key_ts FROM outbox "
                 "WHERE seq > ? ORDER BY seq LIMIT ?",
                 (after_seq, limit),
             )

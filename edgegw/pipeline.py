@@ -64,6 +64,21 @@ class TelemetryBuilder:
                 )
         self.suppressed = 0  # readings not published: unchanged within deadband
 
+    def carry_from(self, old: TelemetryBuilder) -> None:
+        """Keep what was last published of the tags both configs have, so a reload does not
+        publish every unchanged value again."""
+        for key, state in self._tags.items():
+            before = old._tags.get(key)
+            if before is not None and before.published:
+                state.published = True
+                state.value, state.quality, state.reason = (
+                    before.value,
+                    before.quality,
+                    before.reason,
+                )
+                state.published_at = before.published_at
+        self.suppressed = old.suppressed
+
     def topic_of(self, source: str, tag: str) -> str:
         return self._tags[(source, tag)].topic
 
@@ -157,6 +172,14 @@ class Pipeline:
         self.telemetry = TelemetryBuilder(config)
         self.events = EventDetector(config)
         self.quarantined = 0  # telemetry values and events held back, since start
+
+    def carry_from(self, old: Pipeline) -> None:
+        """After a reload: counters, last published values, and the last value of every tag
+        (edge triggers compare with it). Sequence rules start afresh: the first value after a
+        reload is accepted as a start, as after a restart."""
+        self.quarantined = old.quarantined
+        self.telemetry.carry_from(old.telemetry)
+        self.events.carry_from(old.events)
 
     def process(self, readings: list[Reading]) -> tuple[list[PendingEvent], list[QuarantineRecord]]:
         readings = _finite(readings)

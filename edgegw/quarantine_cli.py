@@ -156,6 +156,7 @@ def _audit(action: str, record: dict[str, Any]) -> None:
         record["rule"],
         record["reason"],
         _user(),
+        extra={"audit": f"quarantine-{action}", "trace": record.get("trace")},
     )
 
 

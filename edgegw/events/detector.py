@@ -68,6 +68,12 @@ class EventDetector:
         self.detected = 0
         self.quarantined = 0
 
+    def carry_from(self, old: EventDetector) -> None:
+        """After a reload: the last value of every tag still watched, and the counters."""
+        self.latest = {ref: value for ref, value in old.latest.items() if ref in self._watched}
+        self.detected = old.detected
+        self.quarantined = old.quarantined
+
     def process(self, readings: list[Reading]) -> tuple[list[PendingEvent], list[QuarantineRecord]]:
         if not self._declared:
             return [], []

@@ -2,25 +2,97 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Protocol
 
 from edgegw.reading import Reading
 
 
-@dataclass(slots=True)
 class SourceStatus:
-    """Counters and state a source keeps about itself, read by metrics and `edgegw status`."""
+    """Counters and state a source keeps about itself, read by metrics and `edgegw status`.
 
-    name: str
-    connected: bool = False
-    reads: int = 0  # requests answered
-    errors: int = 0  # requests failed: timeouts, exceptions, disconnects
-    polls: int = 0
-    overruns: int = 0  # polls that started late because the previous one took too long
-    last_error: str | None = None
-    last_latency: float = 0.0  # seconds, last request
+    Setting `connected` also keeps the availability books: time up, outages, and time to
+    repair. An outage starts when a connected source goes down, or at the source's start when
+    its first connection fails; it ends at the next connection."""
+
+    __slots__ = (
+        "_changed",
+        "_connected",
+        "_outage_since",
+        "_up_seconds",
+        "errors",
+        "last_error",
+        "last_latency",
+        "name",
+        "outages",
+        "overruns",
+        "polls",
+        "reads",
+        "repair_seconds",
+        "repairs",
+        "started",
+    )
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.reads = 0  # requests answered
+        self.errors = 0  # requests failed: timeouts, exceptions, disconnects
+        self.polls = 0
+        self.overruns = 0  # polls that started late because the previous one took too long
+        self.last_error: str | None = None
+        self.last_latency = 0.0  # seconds, last request
+        self.started = time.monotonic()
+        self.outages = 0  # outages begun
+        self.repairs = 0  # outages ended by a connection
+        self.repair_seconds = 0.0  # summed length of the ended outages
+        self._connected = False
+        self._changed = self.started  # when `connected` last changed
+        self._up_seconds = 0.0  # summed length of the ended up periods
+        self._outage_since: float | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    @connected.setter
+    def connected(self, value: bool) -> None:
+        now = time.monotonic()
+        if value == self._connected:
+            if not value and self._outage_since is None:  # the first connection failed
+                self._outage_since = self._changed
+                self.outages += 1
+            return
+        if value:
+            if self._outage_since is not None:
+                self.repairs += 1
+                self.repair_seconds += now - self._outage_since
+                self._outage_since = None
+        else:
+            self._up_seconds += now - self._changed
+            self._outage_since = now
+            self.outages += 1
+        self._connected = value
+        self._changed = now
+
+    def availability(self, now: float | None = None) -> float:
+        """Share of the time since the source started that it was connected (1.0 at start)."""
+        now = time.monotonic() if now is None else now
+        observed = now - self.started
+        if observed <= 0:
+            return 1.0 if self._connected else 0.0
+        up = self._up_seconds + (now - self._changed if self._connected else 0.0)
+        return min(1.0, up / observed)
+
+    def mttr(self) -> float:
+        """Mean seconds from going down to connecting again, over ended outages; 0 if none."""
+        return self.repair_seconds / self.repairs if self.repairs else 0.0
+
+    def down_for(self, now: float | None = None) -> float:
+        """Seconds the current outage has lasted; 0 while connected."""
+        if self._outage_since is None:
+            return 0.0
+        return (time.monotonic() if now is None else now) - self._outage_since
 
 
 class Source(Protocol):

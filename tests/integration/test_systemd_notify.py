@@ -6,7 +6,7 @@ import os
 import re
 import signal
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,14 +18,6 @@ from tests.support.gateway import GatewayProcess, bench_tags, config_dict, write
 from tests.support.wait import until
 
 pytestmark = pytest.mark.timeout(40)
-
-
-@pytest.fixture
-async def plc() -> AsyncIterator[ModbusPlc]:
-    sim = ModbusPlc(host="127.0.0.1", port=0, tick=0, bench_registers=10)
-    await sim.start()
-    yield sim
-    await sim.stop()
 
 
 class NotifySocket:

@@ -2,6 +2,10 @@
 
 `start()` picks a free port the first time and keeps it, so `stop()` then `start()` simulates a
 broker outage and its return on the same address (what a gateway sees when the broker restarts).
+
+With `tls=BrokerTls(...)` the one listener speaks MQTT over TLS (TLS 1.2 minimum, client
+certificates required by default), like a plant broker; with `password_file=` anonymous clients
+are refused. `tests/support/tls.py` makes the certificates and the password file.
 """
 
 from __future__ import annotations
@@ -13,11 +17,22 @@ import socket
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 _FALLBACK_BINARY = "/usr/sbin/mosquitto"
 _READY_TIMEOUT = 10.0  # seconds for the broker to accept connections
 _POLL = 0.02  # seconds between readiness probes
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerTls:
+    """TLS settings of the broker's listener (PEM files)."""
+
+    cafile: Path  # CA that signs the client certificates the broker accepts
+    certfile: Path  # the broker's certificate
+    keyfile: Path  # its private key
+    require_certificate: bool = True  # mutual TLS: refuse clients without a valid certificate
 
 
 def find_mosquitto() -> str:
@@ -51,11 +66,23 @@ def _accepts(port: int) -> bool:
 class Mosquitto:
     """A Mosquitto process on 127.0.0.1, started and stopped by the test."""
 
-    def __init__(self, *, allow_anonymous: bool = True, extra_config: str = "") -> None:
+    def __init__(
+        self,
+        *,
+        allow_anonymous: bool | None = None,
+        extra_config: str = "",
+        tls: BrokerTls | None = None,
+        password_file: Path | None = None,
+    ) -> None:
+        """`allow_anonymous` defaults to true, or to false when a `password_file` is given."""
         self._binary = find_mosquitto()
         self._dir = Path(tempfile.mkdtemp(prefix="edgegw-mosquitto-"))
+        if allow_anonymous is None:
+            allow_anonymous = password_file is None
         self._allow_anonymous = allow_anonymous
         self._extra_config = extra_config
+        self._tls = tls
+        self._password_file = password_file
         self._port: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_path = self._dir / "mosquitto.log"
@@ -71,8 +98,13 @@ class Mosquitto:
         return "127.0.0.1"
 
     @property
+    def tls(self) -> BrokerTls | None:
+        return self._tls
+
+    @property
     def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+        scheme = "mqtts" if self._tls is not None else "mqtt"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     @property
     def running(self) -> bool:
@@ -106,11 +138,37 @@ class Mosquitto:
             return
         raise RuntimeError(f"mosquitto did not start on any free port: {last_error}")
 
+    def _tls_config(self) -> str:
+        tls = self._tls
+        if tls is None:
+            return ""
+        return (
+            f"cafile {tls.cafile}\n"
+            f"certfile {tls.certfile}\n"
+            f"keyfile {tls.keyfile}\n"
+            f"require_certificate {'true' if tls.require_certificate else 'false'}\n"
+            # Since Mosquitto 2.0 this is the minimum version (1.6 and earlier: the only one).
+            "tls_version tlsv1.2\n"
+            "use_identity_as_username false\n"
+        )
+
+    def _auth_config(self) -> str:
+        lines = f"allow_anonymous {'true' if self._allow_anonymous else 'false'}\n"
+        if self._password_file is not None:
+            lines += f"password_file {self._password_file}\n"
+        if (self._tls is not None or self._password_file is not None) and os.geteuid() == 0:
+            # Started as root, Mosquitto 2.0 switches to the `mosquitto` user before it loads the
+            # certificates and the password file, and the test's 0600 files in a 0700 temporary
+            # directory are unreadable to it: stay root ("root" = no switch; ignored if not root).
+            lines += "user root\n"
+        return lines
+
     def _launch(self, port: int) -> None:
         config = self._dir / "mosquitto.conf"
         config.write_text(
             f"listener {port} 127.0.0.1\n"
-            f"allow_anonymous {'true' if self._allow_anonymous else 'false'}\n"
+            f"{self._tls_config()}"
+            f"{self._auth_config()}"
             "persistence false\n"
             # Tests publish thousands of QoS 1 messages to one subscriber: never drop them.
             "max_queued_messages 0\n"
