@@ -9,6 +9,7 @@ import signal
 import time
 
 from edgegw.config.model import GatewayConfig
+from edgegw.config.types import read_secret
 from edgegw.errors import ConfigError, EdgeGwError, OutboxError
 from edgegw.events.schemas import announcements
 from edgegw.forwarder import BatchSettings, Forwarder
@@ -19,7 +20,7 @@ from edgegw.pipeline import Pipeline
 from edgegw.quarantine import QuarantineRecord
 from edgegw.reload import ConfigChanges, diff_configs, file_sha256
 from edgegw.sdnotify import Notifier
-from edgegw.sinks.mqtt import MqttSettings
+from edgegw.sinks.mqtt import MqttSettings, TlsSettings
 from edgegw.sources.base import Source
 from edgegw.sources.registry import build_source
 
@@ -37,6 +38,7 @@ STATUS_EVERY = 5.0  # seconds between STATUS= lines to systemd
 def mqtt_settings(config: GatewayConfig) -> MqttSettings:
     mqtt = config.mqtt
     status_topic = mqtt.status_topic.format(**config.topic_fields())
+    tls = mqtt.tls
     return MqttSettings(
         host=mqtt.host,
         port=mqtt.port,
@@ -45,6 +47,13 @@ def mqtt_settings(config: GatewayConfig) -> MqttSettings:
         keepalive=int(mqtt.keepalive),
         connect_timeout=mqtt.connect_timeout,
         status_topic=status_topic,
+        username=mqtt.username,
+        password=None if mqtt.password_file is None else read_secret(mqtt.password_file),
+        tls=None
+        if not mqtt.secure
+        else TlsSettings()
+        if tls is None
+        else TlsSettings(tls.ca, tls.cert, tls.key, tls.verify_hostname),
     )
 
 

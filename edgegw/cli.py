@@ -226,6 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             config = _load(args.config)
         if args.command == "check":
+            _check_broker_credentials(config)
             count = sum(len(source.tags) for source in config.sources)
             print(f"{args.config}: ok ({len(config.sources)} sources, {count} tags)")
             return 0
@@ -251,6 +252,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     raise AssertionError(f"unhandled command {args.command}")
+
+
+def _check_broker_credentials(config: Any) -> None:
+    """What the model cannot see: the password file is text, the TLS files load together."""
+    from edgegw.app import mqtt_settings
+    from edgegw.errors import SinkError
+    from edgegw.sinks.mqtt import tls_context
+
+    settings = mqtt_settings(config)  # reads the password file
+    if settings.tls is not None:
+        try:
+            tls_context(settings.tls)
+        except SinkError as exc:
+            raise EdgeGwError(f"mqtt.tls: {exc}") from None
 
 
 def _stop_before_start(_signum: int, _frame: object) -> None:

@@ -163,7 +163,12 @@ class Forwarder:
                 self._sent_since_connect = 0
                 self.status.broker_up = True
                 self.status.connects += 1
-                log.info("broker connected url=%s:%d", self.settings.host, self.settings.port)
+                log.info(
+                    "broker connected address=%s tls=%s user=%s",
+                    self.settings.address,
+                    "on" if self.settings.tls is not None else "off",
+                    self.settings.username or "-",
+                )
                 self._announce(client)
                 reason = await self._pump(client, stop)
                 self._reconnect.clear()

@@ -8,7 +8,15 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, PlainValidator, WithJsonSchema, model_validator
 
-from edgegw.config.types import ByteSize, Duration, Name, StrictModel, check_url_port
+from edgegw.config.types import (
+    ByteSize,
+    CredentialFile,
+    Duration,
+    Name,
+    ReadableFile,
+    StrictModel,
+    check_url_port,
+)
 from edgegw.events.config import EventConfig, SequenceConfig
 from edgegw.sources.modbus.config import ModbusSourceConfig
 from edgegw.sources.opcua.config import OpcUaSourceConfig
@@ -36,12 +44,18 @@ def _check_mqtt_url(value: object) -> str:
     if not isinstance(value, str):
         raise ValueError(f"expected a URL such as 'mqtt://127.0.0.1:1883', got {value!r}")
     parts = urlsplit(value)
-    if parts.scheme == "mqtts":
-        raise ValueError("mqtts:// (TLS) is not supported yet; use mqtt://HOST[:PORT]")
-    if parts.scheme != "mqtt":
-        raise ValueError(f"unsupported scheme in '{value}'; write mqtt://HOST[:PORT]")
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise ValueError(
+            f"unsupported scheme in '{value}'; write mqtt://HOST[:PORT] or, with TLS, "
+            "mqtts://HOST[:PORT]"
+        )
     if not parts.hostname:
-        raise ValueError(f"'{value}' has no host; write mqtt://HOST[:PORT]")
+        raise ValueError(f"'{value}' has no host; write {parts.scheme}://HOST[:PORT]")
+    if parts.username or parts.password:
+        raise ValueError(
+            "credentials do not belong in the URL (it is logged); use 'username' and "
+            "'password_file'"
+        )
     check_url_port(value)
     return value
 
@@ -92,8 +106,50 @@ class BatchSection(StrictModel):
         return self
 
 
+class TlsSection(StrictModel):
+    """TLS to the broker (mqtts://): whom to trust, and our certificate for mutual TLS."""
+
+    ca: ReadableFile | None = Field(
+        default=None,
+        description="CA certificate(s), PEM, that signed the broker's certificate; default: "
+        "the system's trust store.",
+    )
+    cert: ReadableFile | None = Field(
+        default=None, description="The gateway's client certificate, PEM (mutual TLS)."
+    )
+    key: ReadableFile | None = Field(
+        default=None, description="Its private key, PEM, unencrypted; keep it mode 0600."
+    )
+    verify_hostname: bool = Field(
+        default=True,
+        description="Check that the broker's certificate names the host in the URL. Turn off "
+        "only for a broker reached by an address its certificate does not list.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> TlsSection:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("'cert' and 'key' go together (mutual TLS needs both)")
+        return self
+
+
 class MqttSection(StrictModel):
-    url: MqttUrl = Field(default="mqtt://127.0.0.1:1883")
+    url: MqttUrl = Field(
+        default="mqtt://127.0.0.1:1883",
+        description="mqtt://HOST[:PORT] (1883), or mqtts://HOST[:PORT] (8883) for TLS.",
+    )
+    tls: TlsSection | None = Field(
+        default=None,
+        description="With mqtts://: {ca, cert, key, verify_hostname}; TLS 1.2 at least.",
+    )
+    username: str | None = Field(
+        default=None, max_length=256, description="User name; use a ${ENV} reference."
+    )
+    password_file: CredentialFile | None = Field(
+        default=None,
+        description="File holding the password: an absolute path, or a credential name in "
+        "$CREDENTIALS_DIRECTORY (systemd LoadCredential=); never in YAML.",
+    )
     client_id: str | None = Field(
         default=None,
         max_length=128,
@@ -141,7 +197,15 @@ class MqttSection(StrictModel):
         check_template(self.schema_topic, EVENT_TOPIC_PLACEHOLDERS, "schema_topic")
         if self.keepalive < 1:
             raise ValueError("keepalive must be at least 1s")
+        if self.tls is not None and not self.secure:
+            raise ValueError(f"'tls' needs an mqtts:// url (got {self.url})")
+        if self.password_file is not None and self.username is None:
+            raise ValueError("'password_file' needs 'username'")
         return self
+
+    @property
+    def secure(self) -> bool:
+        return urlsplit(self.url).scheme == "mqtts"
 
     @property
     def host(self) -> str:
@@ -151,7 +215,7 @@ class MqttSection(StrictModel):
 
     @property
     def port(self) -> int:
-        return urlsplit(self.url).port or 1883
+        return urlsplit(self.url).port or (8883 if self.secure else 1883)
 
 
 class OutboxSection(StrictModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Annotated, Any
 
@@ -11,6 +12,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    PlainValidator,
     WithJsonSchema,
     model_validator,
 )
@@ -138,6 +140,62 @@ def parse_deadband(value: float | str) -> tuple[float, bool]:
     if value < 0:
         raise ValueError(f"deadband must not be negative (got {value})")
     return float(value), False
+
+
+def check_readable_file(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"expected a file path, got {value!r}")
+    if not os.path.isfile(value):
+        raise ValueError(f"file {value} does not exist (or is not a regular file)")
+    if not os.access(value, os.R_OK):
+        raise ValueError(f"file {value} is not readable by this user")
+    return value
+
+
+ReadableFile = Annotated[
+    str, PlainValidator(check_readable_file), WithJsonSchema({"type": "string"})
+]
+"""A path to a file this user can read."""
+
+
+def _check_credential_file(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"expected a file path, got {value!r}")
+    if not os.path.isabs(value):
+        directory = os.environ.get("CREDENTIALS_DIRECTORY")
+        if not directory:
+            raise ValueError(
+                f"'{value}' is a relative path, which is looked up in $CREDENTIALS_DIRECTORY "
+                "(systemd LoadCredential=), and that is not set; write an absolute path"
+            )
+        value = os.path.join(directory, value)
+    return check_readable_file(value)
+
+
+CredentialFile = Annotated[
+    str,
+    PlainValidator(_check_credential_file),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "description": "An absolute path, or a name in $CREDENTIALS_DIRECTORY "
+            "(systemd LoadCredential=).",
+        }
+    ),
+]
+"""A file holding a secret: absolute, or a credential name under $CREDENTIALS_DIRECTORY."""
+
+
+def read_secret(path: str) -> str:
+    """The secret in a credential file, without the newline editors add."""
+    from edgegw.errors import EdgeGwError
+
+    try:
+        return open(path, encoding="utf-8").read().rstrip("\r\n")
+    except OSError as exc:
+        raise EdgeGwError(f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise EdgeGwError(f"{path} is not UTF-8 text") from None
 
 
 def check_url_port(value: str) -> None:

@@ -30,9 +30,10 @@ import asyncio
 import collections
 import logging
 import socket
+import ssl
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import paho.mqtt.client as paho
@@ -47,6 +48,7 @@ __all__ = [
     "MAX_OUTSTANDING",
     "MqttClient",
     "MqttSettings",
+    "TlsSettings",
     "pack_publish_properties",
     "reason_text",
 ]
@@ -115,6 +117,46 @@ def reason_text(code: int) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsSettings:
+    """Whom to trust and who we are; file paths, so settings compare by value on a reload."""
+
+    ca: str | None = None  # None: the system's trust store
+    cert: str | None = None  # client certificate for mutual TLS, with `key`
+    key: str | None = None
+    verify_hostname: bool = True
+
+
+def tls_context(tls: TlsSettings) -> ssl.SSLContext:
+    """A client context: TLS 1.2 at least, the broker's certificate verified against `ca`,
+    its name checked unless told otherwise. SinkError naming the file that cannot be used."""
+    try:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=tls.ca)
+    except (OSError, ssl.SSLError) as exc:
+        raise SinkError(f"cannot use the CA file {tls.ca}: {_ssl_words(exc)}") from None
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.check_hostname = tls.verify_hostname
+    if tls.cert is not None:
+        try:
+            context.load_cert_chain(tls.cert, tls.key)
+        except (OSError, ssl.SSLError) as exc:
+            raise SinkError(
+                f"cannot use the client certificate {tls.cert} with key {tls.key}: "
+                f"{_ssl_words(exc)}"
+            ) from None
+    return context
+
+
+def _ssl_words(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return str(exc.verify_message or exc.reason or exc)
+    if isinstance(exc, ssl.SSLError):
+        return str(exc.reason or exc).replace("_", " ").lower()
+    if isinstance(exc, OSError):
+        return str(exc.strerror or exc)
+    return str(exc)
+
+
+@dataclass(frozen=True, slots=True)
 class MqttSettings:
     host: str
     port: int
@@ -124,10 +166,8 @@ class MqttSettings:
     connect_timeout: float = 10.0  # seconds, TCP connect and CONNACK together
     status_topic: str | None = None  # retained birth "online" on connect, last will "offline"
     username: str | None = None
-    password: str | None = None
-    # TLS comes in a later issue: its settings go here (CA file, client cert/key, verification),
-    # applied in `_Link.__init__` with `tls_set_context()` before the worker thread connects;
-    # paho then does the (blocking) handshake inside `connect()`, i.e. in that worker thread.
+    password: str | None = field(default=None, repr=False)  # never in a log line
+    tls: TlsSettings | None = None  # mqtts://; the handshake runs in the connect worker
 
     @property
     def address(self) -> str:
@@ -324,7 +364,8 @@ class _Link:
             client.username_pw_set(settings.username, settings.password)
         if settings.status_topic:
             client.will_set(settings.status_topic, OFFLINE, qos=1, retain=True)
-        # TLS: client.tls_set_context(...) goes here (see MqttSettings).
+        if settings.tls is not None:
+            client.tls_set_context(tls_context(settings.tls))
         self.paho = client
 
         self.fd = -1
@@ -413,6 +454,13 @@ class _Link:
             await asyncio.shield(fut)
         except ConnectionRefusedError:
             raise SinkError(f"connection refused: {s.address}") from None
+        except ssl.SSLCertVerificationError as exc:
+            raise SinkError(self._untrusted(exc)) from None
+        except ssl.SSLError as exc:
+            raise SinkError(
+                f"TLS handshake with {s.address} failed: {_ssl_words(exc)} (is it a TLS port? "
+                "mqtts:// is usually 8883, mqtt:// 1883)"
+            ) from None
         except socket.gaierror as exc:
             raise SinkError(f"cannot resolve broker host {s.host!r}: {exc.strerror}") from None
         except TimeoutError:
@@ -429,7 +477,9 @@ class _Link:
 
         sock = self.paho.socket()
         if sock is None:  # paho could not even send CONNECT
-            raise SinkError(f"connection to {s.address} closed while sending CONNECT")
+            raise SinkError(
+                f"connection to {s.address} closed while sending CONNECT{self._tls_hint()}"
+            )
         self.fd = sock.fileno()
         client = self.paho
         client.on_connect = self._on_connect
@@ -507,6 +557,10 @@ class _Link:
             left, before = client.read_ahead(), left
             if left >= before:  # paho took nothing: a partial packet waits for more bytes
                 break
+        sock = client.socket()
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            # Decrypted bytes held inside the TLS layer do not make the socket readable.
+            self.loop.call_soon(self._on_readable)
         if self.acks or self.status_rc is not None:
             self._deliver()
 
@@ -588,12 +642,35 @@ class _Link:
         self.mark_lost(reason)
 
     # -- words -----------------------------------------------------------------------------------
+    def _untrusted(self, exc: ssl.SSLCertVerificationError) -> str:
+        s = self.settings
+        words = _ssl_words(exc)
+        if "mismatch" in words.lower():
+            return (
+                f"TLS: the broker's certificate is not valid for {s.host!r} ({words}); connect "
+                "by a name the certificate lists, or set mqtt.tls.verify_hostname: false"
+            )
+        where = f"the CA in mqtt.tls.ca ({s.tls.ca})" if s.tls and s.tls.ca else "the system CAs"
+        return f"TLS: the broker {s.address} presented a certificate not signed by {where}: {words}"
+
+    def _tls_hint(self) -> str:
+        tls = self.settings.tls
+        if tls is not None and tls.cert is None:
+            # With TLS 1.3 a broker refuses a missing client certificate after the handshake.
+            return ": does the broker require a client certificate (mqtt.tls.cert and key)?"
+        return ""
+
     def _why(self, reason: ReasonCode) -> str:
         code: int = reason.value
         if code == _SESSION_TAKEN_OVER:
             return (
                 f"session taken over (0x8E): another client connected with the same client id "
                 f"{self.settings.client_id!r}; client ids must be unique per gateway"
+            )
+        if code in (0x86, 0x87, 0x04, 0x05) and self.settings.username is not None:
+            return (
+                f"{reason_text(code)}: check mqtt.username ({self.settings.username!r}) and the "
+                "password in mqtt.password_file"
             )
         return reason_text(code)
 
@@ -606,6 +683,8 @@ class _Link:
             reason_string = getattr(props, "ReasonString", None)
             return f"{text} (broker says: {reason_string})" if reason_string else text
         if not self.connack.done():
+            if self._tls_hint():
+                return f"{s.address} closed the TLS connection before CONNACK{self._tls_hint()}"
             return (
                 f"{s.address} closed the connection before CONNACK: is it an MQTT broker, and "
                 f"does it accept MQTT {s.protocol}?"

@@ -50,6 +50,7 @@ class Subscriber:
         protocol: str = "5",
         qos: int = 1,
         client_id: str = "",
+        setup: Callable[[paho.Client], None] | None = None,
     ) -> None:
         self._host = host
         self._port = port
@@ -68,6 +69,8 @@ class Subscriber:
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
         self._client.reconnect_delay_set(min_delay=1, max_delay=1)
+        if setup is not None:  # TLS, credentials
+            setup(self._client)
 
     # -- paho callbacks (paho's thread) --------------------------------------------------------
     def _on_connect(self, client: paho.Client, _ud: Any, _flags: Any, rc: Any, _props: Any) -> None:

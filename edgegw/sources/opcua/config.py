@@ -17,10 +17,13 @@ from pydantic import (
 )
 
 from edgegw.config.types import (
+    CredentialFile,
     Duration,
     Name,
+    ReadableFile,
     StrictModel,
     TagBase,
+    check_readable_file,
     check_url_port,
     parse_deadband,
 )
@@ -42,25 +45,12 @@ NodeField = Annotated[
 ]
 
 
-def _check_readable_file(value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"expected a file path, got {value!r}")
-    if not os.path.isfile(value):
-        raise ValueError(f"file {value} does not exist (or is not a regular file)")
-    if not os.access(value, os.R_OK):
-        raise ValueError(f"file {value} is not readable by this user")
-    return value
-
-
 def _check_trust_entry(value: Any) -> str:
     if isinstance(value, str) and os.path.isdir(value):
         return value
-    return _check_readable_file(value)
+    return check_readable_file(value)
 
 
-ReadableFile = Annotated[
-    str, PlainValidator(_check_readable_file), WithJsonSchema({"type": "string"})
-]
 TrustEntry = Annotated[
     str,
     PlainValidator(_check_trust_entry),
@@ -162,9 +152,10 @@ class OpcUaSourceConfig(StrictModel):
         "'none' accepts an unsecured connection to such a server deliberately.",
     )
     username: str | None = Field(default=None, description="User name; use ${ENV} references.")
-    password_file: ReadableFile | None = Field(
+    password_file: CredentialFile | None = Field(
         default=None,
-        description="File holding the password (e.g. a systemd credential); never in YAML.",
+        description="File holding the password: an absolute path, or a credential name in "
+        "$CREDENTIALS_DIRECTORY (systemd LoadCredential=); never in YAML.",
     )
     timeout: Duration = Field(default=5.0, description="How long one request may take.")
     keepalive: Duration = Field(

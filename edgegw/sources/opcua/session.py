@@ -18,6 +18,7 @@ from asyncua.ua.uaerrors import UaStatusCodeError
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
+from edgegw.config.types import read_secret
 from edgegw.errors import EdgeGwError
 from edgegw.pki import (
     application_uri,
@@ -147,13 +148,7 @@ class SessionFactory:
     def _read_password(self) -> str | None:
         if self.config.password_file is None:
             return None
-        try:
-            # A trailing newline is an editor artefact, never part of a password.
-            return Path(self.config.password_file).read_text("utf-8").rstrip("\r\n")
-        except OSError as exc:
-            raise EdgeGwError(
-                f"cannot read password_file {self.config.password_file}: {exc.strerror}"
-            ) from None
+        return read_secret(self.config.password_file)
 
     def _new_client(self) -> Client:
         config = self.config
