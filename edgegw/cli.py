@@ -102,6 +102,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     schema.add_argument("-c", "--config", metavar="FILE", help="the config, with --events")
 
+    status = commands.add_parser(
+        "status",
+        help="the running gateway's sources, broker and outbox as a table",
+        description="Ask the running gateway (its http.listen endpoint, /healthz) for the "
+        "state of every source (up or down, reads and errors per second, availability, "
+        "outages, MTTR, last error), the broker and the outbox. Exit status: 0 all up, "
+        "1 something failing, 3 the gateway does not answer (the outbox file is read instead).",
+    )
+    status.add_argument(
+        "-c",
+        "--config",
+        default="/etc/edgegw/edgegw.yaml",
+        metavar="FILE",
+        help="the gateway's config (default: /etc/edgegw/edgegw.yaml)",
+    )
+    status.add_argument("--json", action="store_true", help="print /healthz's JSON as it is")
+
     outbox = commands.add_parser(
         "outbox", help="inspect the outbox", description="Inspect the outbox of a gateway."
     )
@@ -239,6 +256,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             asyncio.run(run_gateway(config, args.config))
             return 0
+        if args.command == "status":
+            from edgegw.status_cli import run_status
+
+            return run_status(config, args.config, as_json=args.json)
         if args.command == "outbox":
             return _outbox_stats(config.outbox_path, as_json=args.json)
         if args.command == "quarantine":

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +79,13 @@ async def test_metrics_and_health_follow_a_plc_outage(
         status, body = await get(port, "/healthz")
         assert status == 200, body
         assert orjson.loads(body)["sources"]["plc"]["up"] is True
+        # `edgegw status` asks the same endpoint: the config names the bound port.
+        config_path = write_config(
+            tmp_path / "gw.yaml", {**data, "http": {"listen": f"127.0.0.1:{port}"}}
+        )
+        code, table = await edgegw_status(config_path)
+        assert code == 0, table
+        assert re.search(r"^plc +up ", table, re.M), table
 
         await plc.stop()
         await until(lambda: not gateway.sources[0].status.connected, 10, "the source down")
@@ -86,6 +95,10 @@ async def test_metrics_and_health_follow_a_plc_outage(
         assert health["status"] == "failing"
         assert any(part.startswith("source plc:") for part in health["failing"]), health
         assert health["sources"]["plc"]["last_error"]
+        code, table = await edgegw_status(config_path)
+        assert code == 1, table
+        assert re.search(r"^plc +DOWN ", table, re.M), table
+        assert "failing: source plc:" in table
 
         await plc.start()
         await until(lambda: gateway.sources[0].status.connected, 15, "the source back")
@@ -101,6 +114,26 @@ async def test_metrics_and_health_follow_a_plc_outage(
     finally:
         gateway.request_stop()
         await asyncio.wait_for(task, 20)
+    code, table = await edgegw_status(config_path)
+    assert code == 3
+    assert "not answering" in table
+    assert "events waiting" in table
+
+
+async def edgegw_status(config_path: Path) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "edgegw",
+        "status",
+        "-c",
+        str(config_path),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode is not None
+    return process.returncode, out.decode()
 
 
 def _tags_received(subscriber: Subscriber) -> set[str]:

@@ -1,0 +1,121 @@
+"""`edgegw status`: the running gateway's state as a table, read from its /healthz endpoint."""
+
+from __future__ import annotations
+
+import sys
+import urllib.error
+import urllib.request
+from typing import Any
+
+import orjson
+
+from edgegw.config.model import GatewayConfig
+
+EXIT_OK = 0
+EXIT_FAILING = 1  # running, but a source, the broker or the outbox is failing
+EXIT_NOT_RUNNING = 3  # as `systemctl status`: the gateway does not answer
+
+
+def run_status(config: GatewayConfig, config_path: str, *, as_json: bool) -> int:
+    if config.http is None:
+        print(
+            f"edgegw status reads the running gateway's HTTP endpoint; {config_path} has no "
+            "'http: {listen: 127.0.0.1:9108}'",
+            file=sys.stderr,
+        )
+        return _offline(config)
+    host = config.http.host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    url = f"http://{host}:{config.http.port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            body = response.read()
+    except urllib.error.HTTPError as error:  # 503: running, something failing
+        body = error.read()
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        print(f"edgegw is not answering on {url}: {reason}", file=sys.stderr)
+        return _offline(config)
+    state = orjson.loads(body)
+    if as_json:
+        sys.stdout.write(orjson.dumps(state).decode() + "\n")
+    else:
+        sys.stdout.write(render_status(state))
+    return EXIT_OK if state.get("status") == "ok" else EXIT_FAILING
+
+
+def _offline(config: GatewayConfig) -> int:
+    """What the outbox file says when the daemon cannot be asked."""
+    from edgegw.errors import OutboxError
+    from edgegw.outbox import read_stats
+
+    try:
+        stats = read_stats(config.outbox_path).as_dict()
+    except OutboxError as exc:
+        print(f"outbox: {exc}", file=sys.stderr)
+    else:
+        age = stats["oldest_age_seconds"]
+        print(
+            f"outbox {stats['path']}: {stats['depth']} events waiting, oldest "
+            f"{'-' if age is None else _duration(age)}"
+        )
+    return EXIT_NOT_RUNNING
+
+
+def render_status(state: dict[str, Any]) -> str:
+    broker = state["broker"]
+    outbox = state["outbox"]
+    oldest = outbox["oldest_age_seconds"]
+    lines = [
+        f"edgegw {state['version']}  gateway {state['gateway']}  up "
+        f"{_duration(state['uptime_seconds'])}  status {state['status'].upper()}",
+        "",
+        f"broker   {broker['address']}  {'up' if broker['up'] else 'DOWN'}  "
+        f"{broker['published']} published ({broker['published_per_second']:g}/s)  "
+        f"{broker['connects']} connects",
+        f"outbox   {outbox['depth']} waiting, oldest "
+        f"{'-' if oldest is None else _duration(oldest)}"
+        f", {outbox['committed']} committed ({outbox['committed_per_second']:g}/s), "
+        f"{outbox['dropped']} dropped, {outbox['quarantined']} quarantined",
+    ]
+    if outbox["alarm"]:
+        lines.append(f"         ALARM {outbox['alarm']}")
+    if broker["last_error"] and not broker["up"]:
+        lines.append(f"         broker: {broker['last_error']}")
+    rows = [("SOURCE", "STATE", "READS/S", "ERRORS/S", "AVAIL", "OUTAGES", "MTTR", "LAST ERROR")]
+    for name, source in state["sources"].items():
+        down = source["down_for_seconds"]
+        rows.append(
+            (
+                name,
+                "up" if source["up"] else f"DOWN {_duration(down)}" if down else "DOWN",
+                f"{source['reads_per_second']:g}",
+                f"{source['errors_per_second']:g}",
+                f"{100 * source['availability']:.1f}%",
+                str(source["outages"]),
+                _duration(source["mttr_seconds"]) if source["outages"] else "-",
+                source["last_error"] or "-",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    lines.append("")
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        lines.append("  ".join([*cells, row[-1]]).rstrip())
+    if state["failing"]:
+        lines.append("")
+        lines.extend(f"failing: {part}" for part in state["failing"])
+    return "\n".join(lines) + "\n"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours}h{minutes:02d}m"
+    return f"{hours // 24}d{hours % 24:02d}h"
