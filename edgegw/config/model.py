@@ -44,6 +44,11 @@ def _check_mqtt_url(value: object) -> str:
     if not isinstance(value, str):
         raise ValueError(f"expected a URL such as 'mqtt://127.0.0.1:1883', got {value!r}")
     parts = urlsplit(value)
+    if parts.username or parts.password:  # before anything that would echo the URL
+        raise ValueError(
+            "credentials do not belong in the URL (it is logged); use 'username' and "
+            "'password_file'"
+        )
     if parts.scheme not in ("mqtt", "mqtts"):
         raise ValueError(
             f"unsupported scheme in '{value}'; write mqtt://HOST[:PORT] or, with TLS, "
@@ -51,11 +56,6 @@ def _check_mqtt_url(value: object) -> str:
         )
     if not parts.hostname:
         raise ValueError(f"'{value}' has no host; write {parts.scheme}://HOST[:PORT]")
-    if parts.username or parts.password:
-        raise ValueError(
-            "credentials do not belong in the URL (it is logged); use 'username' and "
-            "'password_file'"
-        )
     check_url_port(value)
     return value
 

@@ -13,15 +13,14 @@ from typing import Any
 import paho.mqtt.client as paho
 import pytest
 
-from edgegw.app import Gateway
 from simulators.modbus_plc import ModbusPlc
 from tests.support import http
 from tests.support.broker import Mosquitto
 from tests.support.gateway import (
     GatewayProcess,
     bench_tags,
-    build_config,
     config_dict,
+    running_gateway,
     write_config,
 )
 from tests.support.ledger import telemetry
@@ -144,17 +143,12 @@ async def _metrics_port(gateway: GatewayProcess) -> int:
 
 async def _broker_error(data: dict[str, Any]) -> str:
     """Run the gateway in-process until the forwarder reports why it cannot connect."""
-    gateway = Gateway(build_config(data))
-    task = asyncio.create_task(gateway.run())
-    try:
+    async with running_gateway(data) as gateway:
         await until(lambda: gateway.forwarder.status.last_error is not None, 20, "a broker error")
         assert not gateway.forwarder.status.broker_up
         error = gateway.forwarder.status.last_error
         assert error is not None
         return error
-    finally:
-        gateway.request_stop()
-        await asyncio.wait_for(task, 20)
 
 
 async def test_a_wrong_password_is_named_without_showing_it(
@@ -188,13 +182,8 @@ async def test_a_certificate_for_another_host_is_refused_unless_allowed(
         assert "not valid for '127.0.0.1'" in error
         assert "verify_hostname" in error
         data = _tls_config(tmp_path, broker, plc, pki, verify_hostname=False)
-        gateway = Gateway(build_config(data))
-        task = asyncio.create_task(gateway.run())
-        try:
+        async with running_gateway(data) as gateway:
             await until(lambda: gateway.forwarder.status.published > 3, 20, "publishes")
-        finally:
-            gateway.request_stop()
-            await asyncio.wait_for(task, 20)
     finally:
         broker.cleanup()
 

@@ -12,7 +12,6 @@ from typing import Any
 import orjson
 import pytest
 
-from edgegw.app import Gateway
 from edgegw.metrics import FAMILIES
 from simulators.modbus_plc import ModbusPlc
 from tests.support import http
@@ -20,8 +19,8 @@ from tests.support.broker import Mosquitto
 from tests.support.gateway import (
     GatewayProcess,
     bench_tags,
-    build_config,
     config_dict,
+    running_gateway,
     write_config,
 )
 from tests.support.ledger import assert_complete, delivered_and_stored, telemetry
@@ -50,10 +49,7 @@ async def test_metrics_and_health_follow_a_plc_outage(
 ) -> None:
     data = config_dict(tmp_path, mosquitto.port, plc.port, bench_tags(4), poll="50ms")
     data["http"] = {"listen": "127.0.0.1:0"}
-    gateway = Gateway(build_config(data))
-    task = asyncio.create_task(gateway.run())
-    try:
-        await asyncio.wait_for(gateway.started.wait(), 10)
+    async with running_gateway(data) as gateway:
         await until(lambda: gateway.forwarder.status.published > 40, 15, "40 events published")
         port = gateway.metrics_port
         assert port is not None
@@ -111,9 +107,6 @@ async def test_metrics_and_health_follow_a_plc_outage(
         assert 0 < mttr < 15
         assert samples(text, "edgegw_source_availability_ratio")['{source="plc"}'] < 1
         assert samples(text, "edgegw_read_errors_total")['{source="plc"}'] >= 1
-    finally:
-        gateway.request_stop()
-        await asyncio.wait_for(task, 20)
     code, table = await edgegw_status(config_path)
     assert code == 3
     assert "not answering" in table

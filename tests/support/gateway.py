@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import yaml
 
+from edgegw.app import Gateway
 from edgegw.config.diagnostics import validate_document
 from edgegw.config.model import GatewayConfig
 from edgegw.config.yamlpos import load_yaml_text
@@ -46,6 +49,19 @@ def config_dict(
             }
         ],
     }
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(data: dict[str, Any]) -> AsyncIterator[Gateway]:
+    """The gateway of config `data`, run in this event loop, started; stopped cleanly after."""
+    gateway = Gateway(build_config(data))
+    task = asyncio.create_task(gateway.run())
+    try:
+        await asyncio.wait_for(gateway.started.wait(), 10)
+        yield gateway
+    finally:
+        gateway.request_stop()
+        await asyncio.wait_for(task, 20)
 
 
 def bench_tags(count: int) -> list[dict[str, Any]]:

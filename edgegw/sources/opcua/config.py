@@ -96,17 +96,17 @@ def _check_opcua_url(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError(f"expected a URL such as 'opc.tcp://10.0.0.5:4840/', got {value!r}")
     parts = urlsplit(value)
+    if parts.username or parts.password:  # before anything that would echo the URL
+        raise ValueError(
+            "credentials do not belong in the URL (it is logged); use 'username' and "
+            "'password_file'"
+        )
     if parts.scheme != "opc.tcp":
         raise ValueError(
             f"unsupported scheme '{parts.scheme or value}'; write opc.tcp://HOST[:PORT][/PATH]"
         )
     if not parts.hostname:
         raise ValueError(f"'{value}' has no host; write opc.tcp://HOST[:PORT][/PATH]")
-    if parts.username or parts.password:
-        raise ValueError(
-            "credentials do not belong in the URL (it is logged); use 'username' and "
-            "'password_file'"
-        )
     check_url_port(value)
     return value
 
