@@ -403,6 +403,9 @@ class RtuLine:
         self._rx.clear()
         self._resync = False
         self._line_busy_until = loop.time()
+        # Fresh locks: a line may be restarted under another event loop (one per test).
+        self._tx_lock = asyncio.Lock()
+        self._locks = {unit: asyncio.Lock() for unit in self.devices}
         loop.add_reader(master, self._on_readable)
         self._sim_tasks = [
             asyncio.create_task(self._simulate(plc), name=f"modbus-rtu-sim-{unit}")
@@ -582,6 +585,7 @@ class RtuLine:
     async def _serve(self, unit: int, pdu: bytes, request_end: float, broadcast: bool) -> None:
         plc, faults, stats = self.devices[unit], self.faults[unit], self.stats[unit]
         async with self._locks[unit]:  # a device handles one request at a time
+            faults.validate()  # switches set at runtime; a bad one is logged, no reply
             if faults.silent:
                 stats.silenced += 1
                 return
