@@ -474,7 +474,7 @@ async def run_gateway(config: GatewayConfig, config_path: str | None = None) -> 
             config_path,
             digest,
             len(config.sources),
-            sum(len(source.tags) for source in config.sources),
+            sum(len(source.tags) for source in config.data_sources()),
             len(config.events),
             extra={"audit": "config-load", "sha256": digest},
         )

@@ -244,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             config = _load(args.config)
         if args.command == "check":
             _check_broker_credentials(config)
-            count = sum(len(source.tags) for source in config.sources)
+            count = sum(len(source.tags) for source in config.data_sources())
             print(f"{args.config}: ok ({len(config.sources)} sources, {count} tags)")
             return 0
         if args.command == "run":

@@ -20,6 +20,8 @@ from edgegw.errors import OutboxError
 
 if TYPE_CHECKING:
     from edgegw.app import Gateway
+    from edgegw.sources.base import Source
+    from edgegw.sources.modbus.line import DeviceStatus
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,10 @@ FAMILIES: dict[str, str] = {
     "edgegw_source_outages_total": "counter",
     "edgegw_mttr_seconds": "gauge",
     "edgegw_config_reloads_total": "counter",
+    "edgegw_device_reads_total": "counter",
+    "edgegw_device_errors_total": "counter",
+    "edgegw_device_response_seconds": "gauge",
+    "edgegw_device_breaker_open": "gauge",
 }
 """Every metric family served on /metrics, with its Prometheus type (the dashboard and the
 tests check against it)."""
@@ -175,6 +181,32 @@ def render_metrics(gateway: Gateway, oldest_created: float | None) -> str:
     }
     for family, samples in per_source.items():
         metric(family, help_texts[family], samples)
+    devices: dict[str, list[tuple[str, float]]] = {
+        "edgegw_device_reads_total": [],
+        "edgegw_device_errors_total": [],
+        "edgegw_device_response_seconds": [],
+        "edgegw_device_breaker_open": [],
+    }
+    for source in gateway.sources:
+        for device in device_statuses(source):
+            label = f'source="{_escape(source.name)}",device="{_escape(device.name)}"'
+            devices["edgegw_device_reads_total"].append((f"{{{label}}}", device.reads))
+            devices["edgegw_device_response_seconds"].append((f"{{{label}}}", device.last_response))
+            devices["edgegw_device_breaker_open"].append(
+                (f"{{{label}}}", 1 if device.breaker_open else 0)
+            )
+            for kind, count in sorted(device.errors.items()):
+                devices["edgegw_device_errors_total"].append((f'{{{label},kind="{kind}"}}', count))
+    device_help = {
+        "edgegw_device_reads_total": "Answered requests per device of a Modbus line.",
+        "edgegw_device_errors_total": "Failed requests per device of a Modbus line, by kind "
+        "(timeout, crc, exception, wrong_reply).",
+        "edgegw_device_response_seconds": "Response time of the last answered request.",
+        "edgegw_device_breaker_open": "1 while the device's circuit breaker is open (it did "
+        "not answer; asked only every breaker.retry).",
+    }
+    for family, samples in devices.items():
+        metric(family, device_help[family], samples)
     reloads = gateway.reloads
     metric(
         "edgegw_config_reloads_total",
@@ -193,6 +225,12 @@ def snapshot(gateway: Gateway, oldest_created: float | None) -> dict[str, Any]:
         for s in gateway.sources
         if not s.status.connected
     ]
+    for source in gateway.sources:
+        failing.extend(
+            f"device {d.name} ({source.name} unit {d.unit}): {d.last_error}"
+            for d in device_statuses(source)
+            if d.breaker_open
+        )
     if not forwarder.broker_up:
         failing.append(f"broker: {forwarder.last_error or 'not connected'}")
     if gateway.outbox_alarm:
@@ -235,10 +273,27 @@ def snapshot(gateway: Gateway, oldest_created: float | None) -> dict[str, Any]:
                 "mttr_seconds": round(s.status.mttr(), 1),
                 "down_for_seconds": round(s.status.down_for(now), 1),
                 "last_error": s.status.last_error,
+                "devices": {
+                    d.name: {
+                        "unit": d.unit,
+                        "reads": d.reads,
+                        "errors": d.errors,
+                        "response_seconds": round(d.last_response, 4),
+                        "breaker_open": d.breaker_open,
+                        "last_error": d.last_error,
+                    }
+                    for d in device_statuses(s)
+                },
             }
             for s in gateway.sources
         },
     }
+
+
+def device_statuses(source: Source) -> list[DeviceStatus]:
+    """The unit ids of a Modbus line; none for other sources."""
+    statuses: list[DeviceStatus] = getattr(source, "device_statuses", [])
+    return statuses
 
 
 async def _oldest_created(gateway: Gateway) -> float | None:

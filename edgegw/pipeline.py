@@ -49,7 +49,7 @@ class TelemetryBuilder:
         self.gateway = config.gateway.id
         self._tags: dict[tuple[str, str], _TagState] = {}
         fields = config.topic_fields()
-        for source in config.sources:
+        for source in config.data_sources():
             for tag in source.tags:
                 size, percent = (None, False)
                 if tag.deadband is not None:

@@ -36,7 +36,7 @@ class TagRules:
     def __init__(self, config: GatewayConfig) -> None:
         transitions = {sequence.tag: sequence.transitions for sequence in config.sequences}
         self._rules: dict[tuple[str, str], _TagRule] = {}
-        for source in config.sources:
+        for source in config.data_sources():
             for tag in source.tags:
                 ref = f"{source.name}.{tag.name}"
                 plain = tag.values is None and tag.min is None and tag.max is None

@@ -13,7 +13,7 @@ Loc = tuple[str | int, ...]
 
 def reference_issues(doc: YamlDocument, config: GatewayConfig) -> list[str]:
     tags: dict[str, Any] = {
-        f"{source.name}.{tag.name}": tag for source in config.sources for tag in source.tags
+        f"{source.name}.{tag.name}": tag for source in config.data_sources() for tag in source.tags
     }
     issues: list[str] = []
 

@@ -68,6 +68,51 @@ def _duplicate_names(doc: YamlDocument) -> list[str]:
     for index, source in enumerate(sources):
         if isinstance(source, dict) and isinstance(source.get("tags"), list):
             issues += _duplicates_in(doc, source["tags"], ("sources", index, "tags"), "tag")
+        devices = source.get("devices") if isinstance(source, dict) else None
+        if isinstance(devices, list):
+            for number, device in enumerate(devices):
+                if isinstance(device, dict) and isinstance(device.get("tags"), list):
+                    base: Loc = ("sources", index, "devices", number, "tags")
+                    issues += _duplicates_in(doc, device["tags"], base, "tag")
+    issues += _device_name_clashes(doc, sources)
+    return issues
+
+
+def _device_name_clashes(doc: YamlDocument, sources: list[Any]) -> list[str]:
+    """A device's name is the `source` of its telemetry: unique among sources and devices."""
+    taken: dict[str, Loc] = {}
+    for index, source in enumerate(sources):
+        if isinstance(source, dict) and isinstance(source.get("name"), str):
+            taken.setdefault(source["name"], ("sources", index, "name"))
+    issues: list[str] = []
+    for index, source in enumerate(sources):
+        devices = source.get("devices") if isinstance(source, dict) else None
+        if not isinstance(devices, list):
+            continue
+        own_name = source.get("name")
+        for number, device in enumerate(devices):
+            name = device.get("name") if isinstance(device, dict) else None
+            if not isinstance(name, str):
+                continue
+            loc: Loc = ("sources", index, "devices", number, "name")
+            first = taken.get(name)
+            if first is None:
+                taken[name] = loc
+                continue
+            if first == ("sources", index, "name") and name == own_name:
+                taken[name] = loc  # named like its own line, which is no source itself
+                continue
+            mark = doc.value_marks.get(first)
+            where = f" (line {mark.line})" if mark else ""
+            issues.append(
+                format_issue(
+                    doc.path,
+                    doc.value_marks.get(loc),
+                    loc_to_path(loc),
+                    f"device name '{name}' is taken{where}; a device's name is the source of "
+                    "its tags, unique among sources and devices",
+                )
+            )
     return issues
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import string
-from typing import Annotated, Literal
+from collections.abc import Sequence
+from typing import Annotated, Literal, Protocol
 from urllib.parse import urlsplit
 
 from pydantic import Field, PlainValidator, WithJsonSchema, model_validator
@@ -15,6 +16,7 @@ from edgegw.config.types import (
     Name,
     ReadableFile,
     StrictModel,
+    TagBase,
     check_url_port,
 )
 from edgegw.events.config import EventConfig, SequenceConfig
@@ -25,6 +27,18 @@ TOPIC_PLACEHOLDERS = ("site", "area", "line", "gateway", "source", "tag")
 EVENT_TOPIC_PLACEHOLDERS = ("site", "area", "line", "gateway", "type")
 BATCH_PLACEHOLDERS = ("site", "area", "line", "gateway", "source")
 STATUS_PLACEHOLDERS = ("site", "area", "line", "gateway")
+
+
+class DataSource(Protocol):
+    """A name telemetry carries as its `source`, with the tags read under it."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def heartbeat(self) -> float | None: ...
+    @property
+    def tags(self) -> Sequence[TagBase]: ...
+
 
 SourceConfig = Annotated[ModbusSourceConfig | OpcUaSourceConfig, Field(discriminator="protocol")]
 """One entry of `sources:`; its `protocol` picks the model."""
@@ -300,6 +314,11 @@ class GatewayConfig(StrictModel):
                         "drop the placeholder"
                     )
         return self
+
+    def data_sources(self) -> list[DataSource]:
+        """Every `source` telemetry can carry, with its tags: a source, or each device of a
+        Modbus line."""
+        return [view for source in self.sources for view in source.data_sources()]
 
     @property
     def client_id(self) -> str:

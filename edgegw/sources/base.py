@@ -75,6 +75,15 @@ class SourceStatus:
         self._connected = value
         self._changed = now
 
+    def mark_down(self, reason: str) -> bool:
+        """Record a failed connection or a lost one; True when it is news (state or reason
+        changed), i.e. worth a log line."""
+        news = self._connected or self.last_error != reason
+        self.connected = False
+        self.errors += 1
+        self.last_error = reason
+        return news
+
     def availability(self, now: float | None = None) -> float:
         """Share of the time since the source started that it was connected (1.0 at start)."""
         now = time.monotonic() if now is None else now

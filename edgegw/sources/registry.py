@@ -10,6 +10,10 @@ def build_source(config: SourceConfig) -> Source:
     # Drivers are imported when a source needs them: asyncua alone is about 30 MB of RSS, which
     # a Modbus-only gateway should not pay.
     if config.protocol == "modbus":
+        if config.multi_device:
+            from edgegw.sources.modbus.line import ModbusLine
+
+            return ModbusLine(config)
         from edgegw.sources.modbus.driver import ModbusSource
 
         return ModbusSource(config)

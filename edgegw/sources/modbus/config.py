@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import Field, PlainSerializer, PlainValidator, WithJsonSchema, model_validator
 
@@ -166,35 +166,156 @@ class ModbusTag(TagBase):
         return REGISTER_COUNT[self.type]
 
 
+BAUD_RATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400)
+SCHEMES = ("tcp", "rtu", "rtu-over-tcp")
+_SERIAL_DEFAULTS = {"baudrate": "19200", "parity": "E", "stopbits": "1", "bytesize": "8"}
+_SERIAL_CHOICES = {
+    "baudrate": tuple(str(rate) for rate in BAUD_RATES),
+    "parity": ("N", "E", "O"),
+    "stopbits": ("1", "2"),
+    "bytesize": ("7", "8"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SerialSettings:
+    """The line settings of an rtu:// URL."""
+
+    path: str
+    baudrate: int = 19200
+    parity: Literal["N", "E", "O"] = "E"  # the Modbus spec's default: even parity
+    stopbits: int = 1
+    bytesize: int = 8
+
+    @property
+    def char_bits(self) -> int:
+        """Bits on the wire per character: start, data, parity, stop."""
+        return 1 + self.bytesize + (self.parity != "N") + self.stopbits
+
+    def frame_gap(self) -> float:
+        """The 3.5-character silence that ends an RTU frame (1.75 ms above 19200 baud)."""
+        if self.baudrate > 19200:
+            return 0.00175
+        return 3.5 * self.char_bits / self.baudrate
+
+
+def serial_settings(url: str) -> SerialSettings:
+    parts = urlsplit(url)
+    params = {**_SERIAL_DEFAULTS, **dict(parse_qsl(parts.query))}
+    return SerialSettings(
+        path=parts.path,
+        baudrate=int(params["baudrate"]),
+        parity=params["parity"].upper(),  # type: ignore[arg-type]
+        stopbits=int(params["stopbits"]),
+        bytesize=int(params["bytesize"]),
+    )
+
+
 def _check_modbus_url(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError(f"expected a URL such as 'tcp://192.168.0.10:502', got {value!r}")
     parts = urlsplit(value)
-    if parts.scheme != "tcp":
+    if parts.scheme not in SCHEMES:
         raise ValueError(
-            f"unsupported scheme '{parts.scheme or value}'; this version reads Modbus TCP: "
-            "tcp://HOST[:PORT] (port 502 if omitted)"
+            f"unsupported scheme '{parts.scheme or value}'; write tcp://HOST[:PORT] (Modbus TCP, "
+            "port 502 if omitted), rtu:///dev/ttyUSB0?baudrate=19200&parity=E (serial RTU) or "
+            "rtu-over-tcp://HOST:PORT (RTU frames over a TCP socket)"
         )
+    if parts.scheme == "rtu":
+        return _check_serial_url(value)
     if not parts.hostname:
-        raise ValueError(f"'{value}' has no host; write tcp://HOST[:PORT]")
+        raise ValueError(f"'{value}' has no host; write {parts.scheme}://HOST[:PORT]")
     check_url_port(value)
+    if parts.scheme == "rtu-over-tcp" and parts.port is None:
+        raise ValueError(f"'{value}' has no port; write rtu-over-tcp://HOST:PORT")
+    return value
+
+
+def _check_serial_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.netloc or not parts.path.startswith("/"):
+        raise ValueError(
+            f"'{value}' names no serial device; write rtu:///dev/ttyUSB0 (three slashes: the "
+            "device path follows rtu://)"
+        )
+    for key, given in parse_qsl(parts.query, keep_blank_values=True):
+        choices = _SERIAL_CHOICES.get(key)
+        if choices is None:
+            hint = did_you_mean(key, tuple(_SERIAL_CHOICES))
+            suggestion = f"; did you mean '{hint}'?" if hint else ""
+            raise ValueError(
+                f"unknown serial setting '{key}'{suggestion} (one of: {', '.join(_SERIAL_CHOICES)})"
+            )
+        if given.upper() not in choices:
+            raise ValueError(f"{key}={given} is not valid; one of: {', '.join(choices)}")
     return value
 
 
 ModbusUrl = Annotated[
     str,
     PlainValidator(_check_modbus_url),
-    WithJsonSchema({"type": "string", "pattern": r"^tcp://", "examples": ["tcp://10.0.0.5:502"]}),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": r"^(tcp|rtu|rtu-over-tcp)://",
+            "examples": [
+                "tcp://10.0.0.5:502",
+                "rtu:///dev/ttyUSB0?baudrate=19200&parity=E&stopbits=1&bytesize=8",
+                "rtu-over-tcp://10.0.0.7:4001",
+            ],
+        }
+    ),
 ]
 
 
+class ModbusDevice(StrictModel):
+    """One unit id on a line (an RS-485 bus, or a TCP-to-RTU gateway)."""
+
+    unit: int = Field(ge=0, le=255, description="Modbus unit (slave) id on the line.")
+    name: Name = Field(description="Unique among sources and devices: the {source} of its tags.")
+    poll: Duration | None = Field(default=None, description="Default: the line's poll.")
+    timeout: Duration | None = Field(default=None, description="Default: the line's timeout.")
+    byte_order: Order | None = Field(default=None, description="Default: the line's.")
+    word_order: Order | None = Field(default=None, description="Default: the line's.")
+    heartbeat: Duration | None = Field(default=None, description="Default: the line's.")
+    tags: list[ModbusTag] = Field(min_length=1)
+
+
+class BreakerSection(StrictModel):
+    """Per-device circuit breaker: a dead device is asked rarely, so the bus keeps its rate."""
+
+    failures: int = Field(
+        default=3, ge=1, le=1000, description="Consecutive timeouts that open the breaker."
+    )
+    retry: Duration = Field(
+        default=30.0, description="While open, the device is polled only this often."
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceView:
+    """A device with every default filled in from its line (the flat form is one device)."""
+
+    name: str
+    unit: int
+    poll: float
+    timeout: float
+    byte_order: Order
+    word_order: Order
+    max_gap: int
+    heartbeat: float | None
+    tags: list[ModbusTag]
+
+
 class ModbusSourceConfig(StrictModel):
-    """A Modbus TCP device, polled at a fixed interval."""
+    """A Modbus device polled at a fixed interval, or a line of several (`devices:`)."""
 
     name: Name
     protocol: Literal["modbus"]
     url: ModbusUrl
-    unit: int = Field(default=1, ge=0, le=255, description="Modbus unit (slave/device) id.")
+    unit: int | None = Field(
+        default=None, ge=0, le=255, description="Modbus unit (slave/device) id; default 1."
+    )
     poll: Duration = Field(default=1.0, description="Poll interval, e.g. '500ms'.")
     timeout: Duration = Field(default=1.0, description="How long to wait for one reply.")
     byte_order: Order = Field(default="big", description="Default byte order of the tags.")
@@ -209,7 +330,20 @@ class ModbusSourceConfig(StrictModel):
     heartbeat: Duration | None = Field(
         default=None, description="Default heartbeat of the tags: republish unchanged values."
     )
-    tags: list[ModbusTag] = Field(min_length=1)
+    tags: list[ModbusTag] | None = Field(
+        default=None, min_length=1, description="The tags of a single device (flat form)."
+    )
+    devices: list[ModbusDevice] | None = Field(
+        default=None,
+        min_length=1,
+        description="Several unit ids on this line, each with its name, poll and tags.",
+    )
+    inter_frame_delay: Literal["auto"] | Duration = Field(
+        default="auto",
+        description="RTU: silence between frames; auto = 3.5 characters at the line's baud "
+        "rate (1.75 ms above 19200).",
+    )
+    breaker: BreakerSection = Field(default_factory=BreakerSection)
 
     @model_validator(mode="after")
     def _check_intervals(self) -> ModbusSourceConfig:
@@ -217,7 +351,42 @@ class ModbusSourceConfig(StrictModel):
             raise ValueError("'poll' must be longer than 0")
         if self.timeout <= 0:
             raise ValueError("'timeout' must be longer than 0")
+        if self.tags is None and self.devices is None:
+            raise ValueError("give 'tags' (one device) or 'devices' (several unit ids)")
+        if self.tags is not None and self.devices is not None:
+            raise ValueError(
+                "give either 'tags' (one device) or 'devices' (several unit ids), not both"
+            )
+        if self.devices is not None:
+            if self.unit is not None:
+                raise ValueError("with 'devices', each device has its own 'unit'")
+            seen_units: set[int] = set()
+            seen_names: set[str] = set()
+            for device in self.devices:
+                if device.unit in seen_units:
+                    raise ValueError(f"unit {device.unit} is on this line twice")
+                if device.name in seen_names:
+                    raise ValueError(f"device name '{device.name}' is on this line twice")
+                seen_units.add(device.unit)
+                seen_names.add(device.name)
+                for field in ("poll", "timeout"):
+                    value = getattr(device, field)
+                    if value is not None and value <= 0:
+                        raise ValueError(f"device {device.name}: '{field}' must be longer than 0")
+        if self.transport == "rtu":
+            for view in self.device_views():
+                if not 1 <= view.unit <= 247:
+                    raise ValueError(
+                        f"unit {view.unit} cannot be polled on a serial line (1..247; 0 is "
+                        "broadcast)"
+                    )
+        elif self.inter_frame_delay != "auto" and self.transport == "tcp":
+            raise ValueError("'inter_frame_delay' applies to rtu:// and rtu-over-tcp:// lines")
         return self
+
+    @property
+    def transport(self) -> Literal["tcp", "rtu", "rtu-over-tcp"]:
+        return urlsplit(self.url).scheme  # type: ignore[return-value]
 
     @property
     def host(self) -> str:
@@ -228,3 +397,56 @@ class ModbusSourceConfig(StrictModel):
     @property
     def port(self) -> int:
         return urlsplit(self.url).port or 502
+
+    @property
+    def serial(self) -> SerialSettings:
+        return serial_settings(self.url)
+
+    @property
+    def frame_gap(self) -> float:
+        """Silence between two frames on this line, in seconds."""
+        if self.inter_frame_delay != "auto":
+            return float(self.inter_frame_delay)
+        if self.transport == "rtu":
+            return self.serial.frame_gap()
+        return 0.00175  # rtu-over-tcp: the converter paces the line itself
+
+    @property
+    def multi_device(self) -> bool:
+        """Read through the line scheduler (RTU, or several units), not the TCP driver."""
+        return self.devices is not None or self.transport != "tcp"
+
+    def device_views(self) -> list[DeviceView]:
+        if self.devices is None:
+            assert self.tags is not None
+            return [
+                DeviceView(
+                    self.name,
+                    1 if self.unit is None else self.unit,
+                    self.poll,
+                    self.timeout,
+                    self.byte_order,
+                    self.word_order,
+                    self.max_gap,
+                    self.heartbeat,
+                    self.tags,
+                )
+            ]
+        return [
+            DeviceView(
+                d.name,
+                d.unit,
+                d.poll if d.poll is not None else self.poll,
+                d.timeout if d.timeout is not None else self.timeout,
+                d.byte_order or self.byte_order,
+                d.word_order or self.word_order,
+                self.max_gap,
+                d.heartbeat if d.heartbeat is not None else self.heartbeat,
+                d.tags,
+            )
+            for d in self.devices
+        ]
+
+    def data_sources(self) -> list[DeviceView]:
+        """What telemetry names as its sources: each device (one for the flat form)."""
+        return self.device_views()

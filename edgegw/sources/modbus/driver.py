@@ -15,7 +15,7 @@ from pymodbus.pdu import ModbusPDU
 from edgegw.backoff import Backoff
 from edgegw.reading import Reading
 from edgegw.sources.base import SourceStatus
-from edgegw.sources.modbus.config import BIT_TABLES, ModbusSourceConfig
+from edgegw.sources.modbus.config import BIT_TABLES, DeviceView, ModbusSourceConfig
 from edgegw.sources.modbus.decode import (
     BlockDecoder,
     DecodeError,
@@ -23,29 +23,13 @@ from edgegw.sources.modbus.decode import (
     registers_to_bytes,
 )
 from edgegw.sources.modbus.plan import ReadBlock, plan_reads
+from edgegw.sources.modbus.rtu import exception_reason
 
 log = logging.getLogger(__name__)
 
-EXCEPTION_NAMES = {
-    1: "illegal function",
-    2: "illegal data address",
-    3: "illegal data value",
-    4: "server device failure",
-    5: "acknowledge (request accepted, still processing)",
-    6: "server device busy",
-    8: "memory parity error",
-    10: "gateway path unavailable",
-    11: "gateway target device failed to respond",
-}
-
-
-def exception_reason(code: int) -> str:
-    name = EXCEPTION_NAMES.get(code, "unknown exception")
-    return f"modbus exception {code}: {name}"
-
 
 @dataclass(frozen=True, slots=True)
-class _PlannedBlock:
+class PlannedBlock:
     block: ReadBlock
     layouts: tuple[tuple[str, RegisterLayout], ...]  # register tables
     bit_indexes: tuple[tuple[str, int], ...]  # coil/discrete tables
@@ -53,9 +37,10 @@ class _PlannedBlock:
     decoder: BlockDecoder
 
 
-def _plan(config: ModbusSourceConfig) -> list[_PlannedBlock]:
+def plan_device(device: DeviceView) -> list[PlannedBlock]:
+    """The device's read requests, each with how to decode its reply."""
     planned = []
-    for block in plan_reads(config.tags, config.max_gap):
+    for block in plan_reads(device.tags, device.max_gap):
         layouts: list[tuple[str, RegisterLayout]] = []
         bits: list[tuple[str, int]] = []
         for tag in block.tags:
@@ -67,8 +52,8 @@ def _plan(config: ModbusSourceConfig) -> list[_PlannedBlock]:
                 type=tag.type,
                 index=index,
                 count=tag.register_count,
-                byte_swap=(tag.byte_order or config.byte_order) == "little",
-                word_swap=(tag.word_order or config.word_order) == "little",
+                byte_swap=(tag.byte_order or device.byte_order) == "little",
+                word_swap=(tag.word_order or device.word_order) == "little",
                 bit=tag.address.bit,
                 scale=tag.scale,
                 offset=tag.offset,
@@ -76,7 +61,7 @@ def _plan(config: ModbusSourceConfig) -> list[_PlannedBlock]:
             layouts.append((tag.name, layout))
         names = tuple(tag.name for tag in block.tags)
         decoder = BlockDecoder([layout for _, layout in layouts])
-        planned.append(_PlannedBlock(block, tuple(layouts), tuple(bits), names, decoder))
+        planned.append(PlannedBlock(block, tuple(layouts), tuple(bits), names, decoder))
     return planned
 
 
@@ -87,7 +72,8 @@ class ModbusSource:
         self.config = config
         self.name = config.name
         self.status = SourceStatus(config.name)
-        self.blocks = _plan(config)
+        self.device = config.device_views()[0]
+        self.blocks = plan_device(self.device)
         self._client: AsyncModbusTcpClient | None = None
 
     @property
@@ -152,11 +138,8 @@ class ModbusSource:
         return None
 
     def _mark_down(self, reason: str) -> None:
-        if self.status.connected or self.status.last_error != reason:
+        if self.status.mark_down(reason):
             log.warning("source down source=%s reason=%s", self.name, reason)
-        self.status.connected = False
-        self.status.errors += 1
-        self.status.last_error = reason
 
     def _close(self) -> None:
         if self._client is not None:
@@ -167,7 +150,7 @@ class ModbusSource:
     def _all_bad(self, reason: str) -> list[Reading]:
         now = time.time()
         return [
-            Reading(self.name, tag.name, None, "bad", now, now, reason) for tag in self.config.tags
+            Reading(self.name, tag.name, None, "bad", now, now, reason) for tag in self.device.tags
         ]
 
     async def _poll_once(self) -> list[Reading]:
@@ -207,7 +190,7 @@ class ModbusSource:
         return f"read failed: {text or type(exc).__name__}"
 
     async def _read(self, client: AsyncModbusTcpClient, block: ReadBlock) -> ModbusPDU:
-        unit = self.config.unit
+        unit = self.device.unit
         call = {
             "holding": client.read_holding_registers,
             "input": client.read_input_registers,
@@ -219,13 +202,13 @@ class ModbusSource:
             call(block.start, count=block.count, device_id=unit), self.config.timeout + 1.0
         )
 
-    def _bad_block(self, planned: _PlannedBlock, reason: str) -> list[Reading]:
+    def _bad_block(self, planned: PlannedBlock, reason: str) -> list[Reading]:
         now = time.time()
         return [
             Reading(self.name, name, None, "bad", now, now, reason) for name in planned.tag_names
         ]
 
-    def _decode(self, planned: _PlannedBlock, response: ModbusPDU) -> list[Reading]:
+    def _decode(self, planned: PlannedBlock, response: ModbusPDU) -> list[Reading]:
         now = time.time()
         name_ = self.name
         out: list[Reading] = []

@@ -193,6 +193,10 @@ class OpcUaSourceConfig(StrictModel):
             raise ValueError("'username' needs 'password_file' (the password is never in YAML)")
         return self
 
+    def data_sources(self) -> list[OpcUaSourceConfig]:
+        """What telemetry names as its sources: this server."""
+        return [self]
+
     @property
     def secured(self) -> OpcUaSecurity | None:
         return self.security if isinstance(self.security, OpcUaSecurity) else None

@@ -506,12 +506,9 @@ class OpcUaSource:
 
     def _mark_down(self, reason: str) -> bool:
         """Record a failure; True when it is news (state or reason changed)."""
-        news = self.status.connected or self.status.last_error != reason
+        news = self.status.mark_down(reason)
         if news:
             log.warning("source down source=%s reason=%s", self.name, reason)
-        self.status.connected = False
-        self.status.errors += 1
-        self.status.last_error = reason
         return news
 
     def _all_bad(self, reason: str) -> list[Reading]:

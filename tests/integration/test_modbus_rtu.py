@@ -1,0 +1,204 @@
+"""Modbus RTU on one serial line (a pseudo-terminal): three unit ids, a silent one, late and
+garbled replies. Every value read is checked against the register it claims to come from."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgegw.reading import Reading
+from edgegw.sources.modbus.config import ModbusSourceConfig
+from edgegw.sources.modbus.line import ModbusLine
+from simulators.modbus_plc import BENCH_BASE
+from simulators.modbus_rtu import RtuLine
+from tests.support.broker import Mosquitto
+from tests.support.gateway import running_gateway
+from tests.support.ledger import telemetry
+from tests.support.subscriber import Subscriber
+from tests.support.wait import until
+
+pytestmark = pytest.mark.timeout(90)
+
+UNITS = (1, 2, 3)
+REGISTERS = 12  # bench registers per unit
+OFFSETS = (0, 1, 10, 11)  # read as two requests of 2 registers (max_gap 0): a reply given to
+# the other request of the same device has the same unit, function and length, and shows only
+# by its values
+TIMEOUT = 0.1
+
+
+def base(unit: int, register: int) -> int:
+    """Distinct starting values per unit and register: a reply given to the wrong request
+    (another unit, another block) shows as a value its register never held."""
+    return unit * 15_000 + register * 1_000
+
+
+@pytest.fixture
+async def line() -> AsyncIterator[RtuLine]:
+    rtu = RtuLine.with_units(UNITS, bench_registers=REGISTERS, tick=0, baudrate=115200)
+    for unit, plc in rtu.devices.items():
+        for register in range(REGISTERS):
+            plc.set_holding(BENCH_BASE + register, [base(unit, register)])
+    await rtu.start()
+    yield rtu
+    await rtu.stop()
+
+
+def source_config(rtu: RtuLine, poll: str = "50ms", **extra: Any) -> dict[str, Any]:
+    assert rtu.path is not None
+    return {
+        "name": "rs485-a",
+        "protocol": "modbus",
+        "url": f"rtu://{rtu.path}?baudrate=115200&parity=E&stopbits=1&bytesize=8",
+        "timeout": f"{int(TIMEOUT * 1000)}ms",
+        "max_gap": 0,
+        "breaker": {"failures": 3, "retry": "2s"},
+        "devices": [
+            {
+                "unit": unit,
+                "name": f"pump-{unit}",
+                "poll": poll,
+                "tags": [
+                    {"name": f"r{i}", "address": f"holding:{BENCH_BASE + i}", "type": "uint16"}
+                    for i in OFFSETS
+                ],
+            }
+            for unit in UNITS
+        ],
+        **extra,
+    }
+
+
+class Collector:
+    """Runs a line source by itself and keeps every reading it yields."""
+
+    def __init__(self, source: ModbusLine) -> None:
+        self.source = source
+        self.readings: list[Reading] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        async for batch in self.source.batches():
+            self.readings.extend(batch)
+
+    async def __aenter__(self) -> Collector:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+    def reads(self, device: str) -> int:
+        return next(s.reads for s in self.source.device_statuses if s.name == device)
+
+    async def time_for_reads(self, device: str, count: int) -> float:
+        start_reads, started = self.reads(device), time.monotonic()
+        await until(lambda: self.reads(device) >= start_reads + count, 30, f"{count} reads")
+        return time.monotonic() - started
+
+
+def check_values(readings: Iterable[Reading], rtu: RtuLine) -> int:
+    """Every good value was held by its register (unit, register), in increasing order."""
+    by_tag: dict[tuple[str, str], list[int]] = {}
+    for reading in readings:
+        if reading.quality == "good":
+            assert isinstance(reading.value, int)
+            by_tag.setdefault((reading.source, reading.tag), []).append(reading.value)
+    for (source, tag), values in by_tag.items():
+        unit, register = int(source.split("-")[1]), int(tag[1:])
+        low = base(unit, register)
+        high = rtu.devices[unit].holding(BENCH_BASE + register)[0]
+        outside = [v for v in values if not low < v <= high]
+        assert not outside, (
+            f"{source}.{tag}: {outside[:5]} never held by unit {unit} register {register} "
+            f"({low}..{high}): a reply was matched to the wrong request"
+        )
+        backwards = [(a, b) for a, b in itertools.pairwise(values) if b <= a]
+        assert not backwards, f"{source}.{tag}: out of order {backwards[:5]}"
+    return sum(len(values) for values in by_tag.values())
+
+
+async def test_three_units_on_one_line_are_published_end_to_end(
+    tmp_path: Path, line: RtuLine, mosquitto: Mosquitto, subscriber: Subscriber
+) -> None:
+    data = {
+        "gateway": {"id": "gw", "site": "s", "area": "a", "line": "l", "state_dir": str(tmp_path)},
+        "mqtt": {"url": mosquitto.url, "keepalive": "2s", "connect_timeout": "2s"},
+        "sources": [source_config(line)],
+    }
+    async with running_gateway(data):
+        await subscriber.wait_for(
+            lambda m: all(
+                len([p for p in telemetry(m) if p.get("source") == f"pump-{unit}"]) >= 20
+                for unit in UNITS
+            ),
+            20,
+            what="20 values from each unit",
+        )
+    received = telemetry(subscriber.messages)
+    readings = [
+        Reading(p["source"], p["tag"], p["value"], p["quality"], 0.0, 0.0)
+        for p in received
+        if p.get("source", "").startswith("pump-")
+    ]
+    assert check_values(readings, line) >= 60
+    topics = {m.topic for m in subscriber.messages}
+    assert "s/a/l/pump-2/r11" in topics
+
+
+async def test_a_silent_unit_keeps_the_others_at_80_percent(line: RtuLine) -> None:
+    config = ModbusSourceConfig.model_validate(source_config(line))
+    async with Collector(ModbusLine(config)) as collector:
+        baseline = await collector.time_for_reads("pump-1", 40)
+        line.faults[2].silent = True
+        status = next(s for s in collector.source.device_statuses if s.name == "pump-2")
+        await until(lambda: status.breaker_open, 10, "pump-2's breaker to open")
+        # Long enough to include breaker retries of the silent unit (every 2 s).
+        with_silent = await collector.time_for_reads("pump-1", 100) / 100 * 40
+        other = await collector.time_for_reads("pump-3", 40)
+        bad = [r for r in collector.readings if r.source == "pump-2" and r.quality == "bad"]
+        line.faults[2].silent = False
+        await until(lambda: not status.breaker_open, 10, "pump-2's breaker to close")
+    assert baseline / with_silent >= 0.8, f"pump-1: {baseline:.2f} s -> {with_silent:.2f} s"
+    assert baseline / other >= 0.8, f"pump-3: {baseline:.2f} s -> {other:.2f} s"
+    assert bad[-1].reason is not None
+    assert "no reply to 3 requests in a row" in bad[-1].reason
+    assert status.errors["timeout"] >= 3
+    check_values(collector.readings, line)
+
+
+@pytest.mark.parametrize("fault", ["late", "crc", "truncate", "noise", "wrong_unit"])
+async def test_late_and_garbled_replies_never_give_a_wrong_value(line: RtuLine, fault: str) -> None:
+    config = ModbusSourceConfig.model_validate(source_config(line, poll="20ms"))
+    async with Collector(ModbusLine(config)) as collector:
+        await until(lambda: collector.reads("pump-2") >= 10, 10, "10 good reads of pump-2")
+        faults = line.faults[2]
+        for _ in range(3):  # on and off, so replies before, during and after are mixed
+            if fault == "late":
+                faults.late = 1.5 * TIMEOUT
+            elif fault == "wrong_unit":
+                faults.wrong_unit = 3
+            else:
+                faults.garble = fault  # type: ignore[assignment]
+            errors = sum(collector.source.device_statuses[1].errors.values())
+            await until(
+                lambda e=errors: sum(collector.source.device_statuses[1].errors.values()) >= e + 3,
+                10,
+                "3 failed reads of pump-2",
+            )
+            faults.clear()
+            reads = collector.reads("pump-2")
+            await until(lambda r=reads: collector.reads("pump-2") >= r + 5, 15, "pump-2 back")
+    good = check_values(collector.readings, line)
+    assert good > 100
+    kinds = collector.source.device_statuses[1].errors
+    expected = {"late": "timeout", "crc": "crc", "truncate": "timeout", "noise": "wrong_reply"}
+    assert kinds.get(expected.get(fault, "wrong_reply"), 0) >= 3, kinds
