@@ -98,6 +98,20 @@ def render_status(state: dict[str, Any]) -> str:
                 source["last_error"] or "-",
             )
         )
+        for device_name, device in source.get("devices", {}).items():
+            errors = sum(device["errors"].values())
+            rows.append(
+                (
+                    f"  {device_name}",
+                    f"unit {device['unit']}" + (" BREAKER OPEN" if device["breaker_open"] else ""),
+                    f"{device['reads']} reads",
+                    f"{errors} errors",
+                    f"{1000 * device['response_seconds']:.0f} ms",
+                    "",
+                    "",
+                    device["last_error"] or "-",
+                )
+            )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     lines.append("")
     for row in rows:

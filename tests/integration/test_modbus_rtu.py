@@ -17,6 +17,7 @@ from edgegw.sources.modbus.config import ModbusSourceConfig
 from edgegw.sources.modbus.line import ModbusLine
 from simulators.modbus_plc import BENCH_BASE
 from simulators.modbus_rtu import RtuLine
+from tests.support import http
 from tests.support.broker import Mosquitto
 from tests.support.gateway import running_gateway
 from tests.support.ledger import telemetry
@@ -133,8 +134,9 @@ async def test_three_units_on_one_line_are_published_end_to_end(
         "gateway": {"id": "gw", "site": "s", "area": "a", "line": "l", "state_dir": str(tmp_path)},
         "mqtt": {"url": mosquitto.url, "keepalive": "2s", "connect_timeout": "2s"},
         "sources": [source_config(line)],
+        "http": {"listen": "127.0.0.1:0"},
     }
-    async with running_gateway(data):
+    async with running_gateway(data) as gateway:
         await subscriber.wait_for(
             lambda m: all(
                 len([p for p in telemetry(m) if p.get("source") == f"pump-{unit}"]) >= 20
@@ -143,6 +145,13 @@ async def test_three_units_on_one_line_are_published_end_to_end(
             20,
             what="20 values from each unit",
         )
+        assert gateway.metrics_port is not None
+        _, text = await asyncio.to_thread(http.get, gateway.metrics_port, "/metrics")
+        for unit in UNITS:
+            label = f'{{source="rs485-a",device="pump-{unit}"}}'
+            assert (http.metric(text, f"edgegw_device_reads_total{label}") or 0) > 0, text
+            assert http.metric(text, f"edgegw_device_breaker_open{label}") == 0
+            assert 0 < (http.metric(text, f"edgegw_device_response_seconds{label}") or 0) < TIMEOUT
     received = telemetry(subscriber.messages)
     readings = [
         Reading(p["source"], p["tag"], p["value"], p["quality"], 0.0, 0.0)
@@ -202,3 +211,31 @@ async def test_late_and_garbled_replies_never_give_a_wrong_value(line: RtuLine, 
     kinds = collector.source.device_statuses[1].errors
     expected = {"late": "timeout", "crc": "crc", "truncate": "timeout", "noise": "wrong_reply"}
     assert kinds.get(expected.get(fault, "wrong_reply"), 0) >= 3, kinds
+
+
+async def test_illegal_address_in_a_coalesced_read_splits_it(line: RtuLine) -> None:
+    data = source_config(line)
+    last = BENCH_BASE + REGISTERS - 1
+    data["max_gap"] = 16
+    data["devices"] = [
+        {
+            "unit": 1,
+            "name": "pump-1",
+            "poll": "20ms",
+            "tags": [
+                {"name": f"r{REGISTERS - 1}", "address": f"holding:{last}", "type": "uint16"},
+                {"name": "missing", "address": f"holding:{last + 2}", "type": "uint16"},
+            ],
+        }
+    ]
+    config = ModbusSourceConfig.model_validate(data)
+    async with Collector(ModbusLine(config)) as collector:
+        await until(lambda: collector.reads("pump-1") >= 5, 10, "5 reads after the split")
+    good = [r for r in collector.readings if r.tag == f"r{REGISTERS - 1}" and r.quality == "good"]
+    missing = [r for r in collector.readings if r.tag == "missing"]
+    assert len(good) >= 5
+    assert missing
+    assert all(r.quality == "bad" for r in missing)
+    assert missing[-1].reason == "modbus exception 2: illegal data address"
+    assert len(collector.source.devices[0].blocks) == 2
+    check_values(good, line)
