@@ -4,9 +4,7 @@ garbled replies. Every value read is checked against the register it claims to c
 from __future__ import annotations
 
 import asyncio
-import itertools
-import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +13,14 @@ import pytest
 from edgegw.reading import Reading
 from edgegw.sources.modbus.config import ModbusSourceConfig
 from edgegw.sources.modbus.line import ModbusLine
-from simulators.modbus_plc import BENCH_BASE
+from simulators.modbus_gateway import RtuOverTcpServer, TcpGateway
+from simulators.modbus_plc import BENCH_BASE, ModbusPlc
 from simulators.modbus_rtu import RtuLine
 from tests.support import http
 from tests.support.broker import Mosquitto
 from tests.support.gateway import running_gateway
 from tests.support.ledger import telemetry
+from tests.support.lines import Collector, check_values
 from tests.support.subscriber import Subscriber
 from tests.support.wait import until
 
@@ -40,23 +40,39 @@ def base(unit: int, register: int) -> int:
     return unit * 15_000 + register * 1_000
 
 
-@pytest.fixture
-async def line() -> AsyncIterator[RtuLine]:
-    rtu = RtuLine.with_units(UNITS, bench_registers=REGISTERS, tick=0, baudrate=115200)
-    for unit, plc in rtu.devices.items():
+def registers_of(rtu: RtuLine | TcpGateway | RtuOverTcpServer) -> Callable[[int, int], int]:
+    return lambda unit, register: rtu.devices[unit].holding(BENCH_BASE + register)[0]
+
+
+def bench_units() -> dict[int, ModbusPlc]:
+    """Units 1..3, each with its bench registers starting at `base(unit, register)`."""
+    devices = {}
+    for unit in UNITS:
+        plc = ModbusPlc(unit=unit, bench_registers=REGISTERS, tick=0)
         for register in range(REGISTERS):
             plc.set_holding(BENCH_BASE + register, [base(unit, register)])
+        devices[unit] = plc
+    return devices
+
+
+@pytest.fixture
+async def line() -> AsyncIterator[RtuLine]:
+    rtu = RtuLine(bench_units(), baudrate=115200)
     await rtu.start()
     yield rtu
     await rtu.stop()
 
 
-def source_config(rtu: RtuLine, poll: str = "50ms", **extra: Any) -> dict[str, Any]:
-    assert rtu.path is not None
+def source_config(
+    rtu: RtuLine, poll: str = "50ms", url: str | None = None, **extra: Any
+) -> dict[str, Any]:
+    if url is None:
+        assert rtu.path is not None
+        url = f"rtu://{rtu.path}?baudrate=115200&parity=E&stopbits=1&bytesize=8"
     return {
         "name": "rs485-a",
         "protocol": "modbus",
-        "url": f"rtu://{rtu.path}?baudrate=115200&parity=E&stopbits=1&bytesize=8",
+        "url": url,
         "timeout": f"{int(TIMEOUT * 1000)}ms",
         "max_gap": 0,
         "breaker": {"failures": 3, "retry": "2s"},
@@ -74,57 +90,6 @@ def source_config(rtu: RtuLine, poll: str = "50ms", **extra: Any) -> dict[str, A
         ],
         **extra,
     }
-
-
-class Collector:
-    """Runs a line source by itself and keeps every reading it yields."""
-
-    def __init__(self, source: ModbusLine) -> None:
-        self.source = source
-        self.readings: list[Reading] = []
-        self._task: asyncio.Task[None] | None = None
-
-    async def _run(self) -> None:
-        async for batch in self.source.batches():
-            self.readings.extend(batch)
-
-    async def __aenter__(self) -> Collector:
-        self._task = asyncio.create_task(self._run())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
-
-    def reads(self, device: str) -> int:
-        return next(s.reads for s in self.source.device_statuses if s.name == device)
-
-    async def time_for_reads(self, device: str, count: int) -> float:
-        start_reads, started = self.reads(device), time.monotonic()
-        await until(lambda: self.reads(device) >= start_reads + count, 30, f"{count} reads")
-        return time.monotonic() - started
-
-
-def check_values(readings: Iterable[Reading], rtu: RtuLine) -> int:
-    """Every good value was held by its register (unit, register), in increasing order."""
-    by_tag: dict[tuple[str, str], list[int]] = {}
-    for reading in readings:
-        if reading.quality == "good":
-            assert isinstance(reading.value, int)
-            by_tag.setdefault((reading.source, reading.tag), []).append(reading.value)
-    for (source, tag), values in by_tag.items():
-        unit, register = int(source.split("-")[1]), int(tag[1:])
-        low = base(unit, register)
-        high = rtu.devices[unit].holding(BENCH_BASE + register)[0]
-        outside = [v for v in values if not low < v <= high]
-        assert not outside, (
-            f"{source}.{tag}: {outside[:5]} never held by unit {unit} register {register} "
-            f"({low}..{high}): a reply was matched to the wrong request"
-        )
-        backwards = [(a, b) for a, b in itertools.pairwise(values) if b <= a]
-        assert not backwards, f"{source}.{tag}: out of order {backwards[:5]}"
-    return sum(len(values) for values in by_tag.values())
 
 
 async def test_three_units_on_one_line_are_published_end_to_end(
@@ -158,7 +123,7 @@ async def test_three_units_on_one_line_are_published_end_to_end(
         for p in received
         if p.get("source", "").startswith("pump-")
     ]
-    assert check_values(readings, line) >= 60
+    assert check_values(readings, base, registers_of(line)) >= 60
     topics = {m.topic for m in subscriber.messages}
     assert "s/a/l/pump-2/r11" in topics
 
@@ -181,7 +146,7 @@ async def test_a_silent_unit_keeps_the_others_at_80_percent(line: RtuLine) -> No
     assert bad[-1].reason is not None
     assert "no reply to 3 requests in a row" in bad[-1].reason
     assert status.errors["timeout"] >= 3
-    check_values(collector.readings, line)
+    check_values(collector.readings, base, registers_of(line))
 
 
 @pytest.mark.parametrize("fault", ["late", "crc", "truncate", "noise", "wrong_unit"])
@@ -206,7 +171,7 @@ async def test_late_and_garbled_replies_never_give_a_wrong_value(line: RtuLine, 
             faults.clear()
             reads = collector.reads("pump-2")
             await until(lambda r=reads: collector.reads("pump-2") >= r + 5, 15, "pump-2 back")
-    good = check_values(collector.readings, line)
+    good = check_values(collector.readings, base, registers_of(line))
     assert good > 100
     kinds = collector.source.device_statuses[1].errors
     expected = {"late": "timeout", "crc": "crc", "truncate": "timeout", "noise": "wrong_reply"}
@@ -238,4 +203,42 @@ async def test_illegal_address_in_a_coalesced_read_splits_it(line: RtuLine) -> N
     assert all(r.quality == "bad" for r in missing)
     assert missing[-1].reason == "modbus exception 2: illegal data address"
     assert len(collector.source.devices[0].blocks) == 2
-    check_values(good, line)
+    check_values(good, base, registers_of(line))
+
+
+@pytest.mark.parametrize("transport", ["tcp", "rtu-over-tcp"])
+async def test_lines_over_tcp_read_every_unit_and_survive_a_silent_one(transport: str) -> None:
+    devices = bench_units()
+    # A gateway waits for the device behind it less long than we wait for the gateway, and
+    # then says so (exception 11), as a well-configured one does.
+    server: TcpGateway | RtuOverTcpServer = (
+        TcpGateway(devices, target_timeout=TIMEOUT / 2)
+        if transport == "tcp"
+        else RtuOverTcpServer(devices)
+    )
+    if isinstance(server, TcpGateway):
+        server.faults[2].silent_mode = "exception"
+    async with server:
+        data = source_config(None, url=f"{transport}://127.0.0.1:{server.port}")  # type: ignore[arg-type]
+        config = ModbusSourceConfig.model_validate(data)
+        async with Collector(ModbusLine(config)) as collector:
+            for unit in UNITS:
+                await until(lambda u=unit: collector.reads(f"pump-{u}") >= 10, 10, "10 reads each")
+            baseline = await collector.time_for_reads("pump-1", 20)
+            server.faults[2].silent = True
+            status = collector.source.device_statuses[1]
+            await until(lambda: status.breaker_open, 10, "pump-2's breaker to open")
+            with_silent = await collector.time_for_reads("pump-1", 40) / 2
+            server.faults[2].clear()
+            if transport == "tcp":
+                server.faults[3].late = 1.5 * TIMEOUT  # type: ignore[union-attr]
+            else:
+                server.faults[3].garble = "crc"  # type: ignore[union-attr]
+            errors = collector.source.device_statuses[2].errors
+            await until(lambda: sum(errors.values()) >= 3, 10, "3 failed reads of pump-3")
+            server.faults[3].clear()
+            await until(lambda: not status.breaker_open, 10, "pump-2's breaker to close")
+            reads = collector.reads("pump-3")
+            await until(lambda: collector.reads("pump-3") >= reads + 5, 10, "pump-3 back")
+    assert baseline / with_silent >= 0.8, f"pump-1: {baseline:.2f} s -> {with_silent:.2f} s"
+    assert check_values(collector.readings, base, registers_of(server)) > 100

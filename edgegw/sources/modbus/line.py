@@ -31,6 +31,7 @@ from edgegw.sources.modbus.rtu import ExceptionReply, NoReply, RtuError, RtuMast
 log = logging.getLogger(__name__)
 
 ILLEGAL_DATA_ADDRESS = 2
+GATEWAY_NO_TARGET = (10, 11)  # gateway path unavailable, target device failed to respond
 
 
 @dataclass(slots=True)
@@ -199,6 +200,14 @@ class ModbusLine:
                     view.unit, block.table, block.start, block.count, view.timeout
                 )
             except ExceptionReply as exc:
+                if exc.code in GATEWAY_NO_TARGET:
+                    # A TCP gateway answering for a device behind it that did not answer.
+                    self._failed(status, "timeout", str(exc))
+                    if self._count_timeout(device, str(exc)):
+                        return self._all_bad(device, self._breaker_reason(device))
+                    readings.extend(self._bad(view, planned.tag_names, str(exc)))
+                    index += 1
+                    continue
                 status.failures = 0
                 self._answered(device)
                 if exc.code == ILLEGAL_DATA_ADDRESS and len(planned.tag_names) > 1:
@@ -208,11 +217,8 @@ class ModbusLine:
                 readings.extend(self._bad(view, planned.tag_names, str(exc)))
             except RtuError as exc:
                 self._failed(status, exc.kind, str(exc))
-                if isinstance(exc, NoReply):
-                    status.failures += 1
-                    if status.failures >= self.config.breaker.failures:
-                        self._open_breaker(device, str(exc))
-                        return self._all_bad(device, self._breaker_reason(device))
+                if isinstance(exc, NoReply) and self._count_timeout(device, str(exc)):
+                    return self._all_bad(device, self._breaker_reason(device))
                 readings.extend(self._bad(view, planned.tag_names, str(exc)))
             else:
                 status.failures = 0
@@ -224,6 +230,14 @@ class ModbusLine:
                 readings.extend(self._decode(view, planned, reply.data))
             index += 1
         return readings
+
+    def _count_timeout(self, device: _Device, reason: str) -> bool:
+        """One more unanswered request; True when that opens the breaker."""
+        device.status.failures += 1
+        if device.status.failures < self.config.breaker.failures:
+            return False
+        self._open_breaker(device, reason)
+        return True
 
     def _failed(self, status: DeviceStatus, kind: str, reason: str) -> None:
         status.count_error(kind, reason)

@@ -1,0 +1,69 @@
+"""Running a Modbus line source by itself, and checking its values against the registers."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Callable, Iterable
+
+from edgegw.reading import Reading
+from edgegw.sources.modbus.line import ModbusLine
+from tests.support.wait import until
+
+
+class Collector:
+    """Runs a line source by itself and keeps every reading it yields."""
+
+    def __init__(self, source: ModbusLine) -> None:
+        self.source = source
+        self.readings: list[Reading] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        async for batch in self.source.batches():
+            self.readings.extend(batch)
+
+    async def __aenter__(self) -> Collector:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+    def reads(self, device: str) -> int:
+        return next(s.reads for s in self.source.device_statuses if s.name == device)
+
+    async def time_for_reads(self, device: str, count: int) -> float:
+        start_reads, started = self.reads(device), time.monotonic()
+        await until(lambda: self.reads(device) >= start_reads + count, 30, f"{count} reads")
+        return time.monotonic() - started
+
+
+def check_values(
+    readings: Iterable[Reading],
+    base: Callable[[int, int], int],
+    register_now: Callable[[int, int], int],
+) -> int:
+    """Every good value of device pump-U tag rN was held by bench register N of unit U: above
+    `base(U, N)`, at most `register_now(U, N)`, in increasing order. A reply matched to the
+    wrong request (another unit, another block) fails this."""
+    by_tag: dict[tuple[str, str], list[int]] = {}
+    for reading in readings:
+        if reading.quality == "good":
+            assert isinstance(reading.value, int)
+            by_tag.setdefault((reading.source, reading.tag), []).append(reading.value)
+    for (source, tag), values in by_tag.items():
+        unit, register = int(source.split("-")[1]), int(tag[1:])
+        low = base(unit, register)
+        high = register_now(unit, register)
+        outside = [v for v in values if not low < v <= high]
+        assert not outside, (
+            f"{source}.{tag}: {outside[:5]} never held by unit {unit} register {register} "
+            f"({low}..{high}): a reply was matched to the wrong request"
+        )
+        backwards = [(a, b) for a, b in itertools.pairwise(values) if b <= a]
+        assert not backwards, f"{source}.{tag}: out of order {backwards[:5]}"
+    return sum(len(values) for values in by_tag.values())
