@@ -291,6 +291,24 @@ class GatewayConfig(StrictModel):
     )
 
     @model_validator(mode="after")
+    def _check_lines_unshared(self) -> GatewayConfig:
+        """Two sources on one serial port (or one RTU converter) would talk over each other."""
+        seen: dict[str, str] = {}
+        for source in self.sources:
+            if not isinstance(source, ModbusSourceConfig) or source.transport == "tcp":
+                continue
+            line = (
+                source.serial.path if source.transport == "rtu" else f"{source.host}:{source.port}"
+            )
+            if line in seen:
+                raise ValueError(
+                    f"sources '{seen[line]}' and '{source.name}' are both on {line}: one line "
+                    "is one source; list its unit ids under one source's 'devices:'"
+                )
+            seen[line] = source.name
+        return self
+
+    @model_validator(mode="after")
     def _check_placeholders_defined(self) -> GatewayConfig:
         for template, what in (
             (self.mqtt.topic, "mqtt.topic"),

@@ -242,3 +242,68 @@ async def test_lines_over_tcp_read_every_unit_and_survive_a_silent_one(transport
             await until(lambda: collector.reads("pump-3") >= reads + 5, 10, "pump-3 back")
     assert baseline / with_silent >= 0.8, f"pump-1: {baseline:.2f} s -> {with_silent:.2f} s"
     assert check_values(collector.readings, base, registers_of(server)) > 100
+
+
+async def test_tags_sharing_a_missing_register_go_bad_without_stalling_the_line(
+    line: RtuLine,
+) -> None:
+    data = source_config(line, poll="20ms")
+    last = BENCH_BASE + REGISTERS - 1
+    data["max_gap"] = 16
+    data["devices"][0]["tags"] = [
+        {"name": "r11", "address": f"holding:{last}", "type": "uint16"},
+        {"name": "word", "address": f"holding:{last + 2}", "type": "uint16"},
+        {"name": "flag", "address": f"holding:{last + 2}.3", "type": "bool"},
+    ]
+    config = ModbusSourceConfig.model_validate(data)
+    async with Collector(ModbusLine(config)) as collector:
+        await until(lambda: collector.reads("pump-1") >= 5, 10, "pump-1 read after the split")
+        await until(lambda: collector.reads("pump-2") >= 5, 10, "the rest of the line read")
+    shared = [r for r in collector.readings if r.tag in ("word", "flag")]
+    assert {r.tag for r in shared} == {"word", "flag"}
+    assert all(r.reason == "modbus exception 2: illegal data address" for r in shared)
+
+
+async def test_a_path_that_is_no_serial_port_gives_bad_values_with_the_reason() -> None:
+    config = ModbusSourceConfig.model_validate(
+        {
+            "name": "rs485-x",
+            "protocol": "modbus",
+            "url": "rtu:///dev/null",
+            "unit": 1,
+            "tags": [{"name": "t", "address": "holding:0", "type": "uint16"}],
+        }
+    )
+    source = ModbusLine(config)
+    async with Collector(source) as collector:
+        await until(lambda: bool(collector.readings), 10, "a reading")
+    reading = collector.readings[0]
+    assert reading.quality == "bad"
+    assert reading.reason is not None
+    assert "cannot open /dev/null: not a usable serial port" in reading.reason
+    assert not source.status.connected
+
+
+async def test_a_gateway_that_goes_away_makes_every_device_bad_then_recovers() -> None:
+    server = TcpGateway(bench_units())
+    async with server:
+        data = source_config(None, url=f"tcp://127.0.0.1:{server.port}")  # type: ignore[arg-type]
+        config = ModbusSourceConfig.model_validate(data)
+        async with Collector(ModbusLine(config)) as collector:
+            await until(lambda: collector.reads("pump-3") >= 5, 10, "5 reads of pump-3")
+            await server.stop()
+            await until(
+                lambda: (
+                    {r.source for r in collector.readings[-12:] if r.quality == "bad"}
+                    == {"pump-1", "pump-2", "pump-3"}
+                ),
+                10,
+                "every device bad",
+            )
+            assert not collector.source.status.connected
+            await server.start()
+            reads = collector.reads("pump-1")
+            await until(lambda: collector.reads("pump-1") >= reads + 5, 15, "reads again")
+            assert collector.source.status.outages == 1
+            assert collector.source.status.connected
+    assert check_values(collector.readings, base, registers_of(server)) > 20

@@ -27,6 +27,7 @@ _BAUD = {
     230400: termios.B230400,
 }
 _READ_SIZE = 4096
+WRITE_TIMEOUT = 2.0  # seconds a request may wait for the adapter to take it
 
 
 class ChannelClosed(Exception):
@@ -123,8 +124,12 @@ class SerialChannel(Channel):
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise OSError(f"{s.path} is in use by another process") from None
-            _configure(fd, s)
-            termios.tcflush(fd, termios.TCIOFLUSH)
+            try:
+                _configure(fd, s)
+                termios.tcflush(fd, termios.TCIOFLUSH)
+            except termios.error as exc:
+                code, message = exc.args if len(exc.args) == 2 else (0, str(exc))
+                raise OSError(code, f"not a usable serial port ({message})") from None
         except BaseException:
             os.close(fd)
             raise
@@ -154,20 +159,42 @@ class SerialChannel(Channel):
         if self._closed is not None:
             raise ChannelClosed(self._closed)
         view = memoryview(data)
+        deadline = time.monotonic() + WRITE_TIMEOUT
         while view:
             try:
                 written = os.write(self._fd, view)
             except BlockingIOError:
-                await asyncio.sleep(0.001)
+                if time.monotonic() > deadline:
+                    self._lost(f"{self.settings.path}: the adapter takes no data")
+                    raise ChannelClosed(self._closed or "") from None
+                await self._writable(deadline)
                 continue
             except OSError as exc:
                 self._lost(f"{self.settings.path}: {exc.strerror}")
                 raise ChannelClosed(self._closed or "") from None
             view = view[written:]
 
+    async def _writable(self, deadline: float) -> None:
+        ready: asyncio.Future[None] = self._loop.create_future()
+
+        def writable() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        self._loop.add_writer(self._fd, writable)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ready, max(0.0, deadline - time.monotonic()))
+        finally:
+            self._loop.remove_writer(self._fd)
+
     def close(self) -> None:
         if self._fd >= 0:
             self._stop_reading()
+            # Unsent output would make close() wait for the tty's drain (seconds, blocking
+            # the event loop); nothing unsent matters once the line is given up.
+            with contextlib.suppress(termios.error):
+                termios.tcflush(self._fd, termios.TCOFLUSH)
             os.close(self._fd)
             self._fd = -1
         self._lost("closed")

@@ -173,7 +173,7 @@ _SERIAL_CHOICES = {
     "baudrate": tuple(str(rate) for rate in BAUD_RATES),
     "parity": ("N", "E", "O"),
     "stopbits": ("1", "2"),
-    "bytesize": ("7", "8"),
+    "bytesize": ("8",),  # RTU frames are 8 data bits; 7 is Modbus ASCII
 }
 
 
@@ -191,6 +191,10 @@ class SerialSettings:
     def char_bits(self) -> int:
         """Bits on the wire per character: start, data, parity, stop."""
         return 1 + self.bytesize + (self.parity != "N") + self.stopbits
+
+    def char_time(self) -> float:
+        """Seconds one character takes on the wire."""
+        return self.char_bits / self.baudrate
 
     def frame_gap(self) -> float:
         """The 3.5-character silence that ends an RTU frame (1.75 ms above 19200 baud)."""
@@ -373,7 +377,7 @@ class ModbusSourceConfig(StrictModel):
                     value = getattr(device, field)
                     if value is not None and value <= 0:
                         raise ValueError(f"device {device.name}: '{field}' must be longer than 0")
-        if self.transport == "rtu":
+        if self.transport in ("rtu", "rtu-over-tcp"):
             for view in self.device_views():
                 if not 1 <= view.unit <= 247:
                     raise ValueError(

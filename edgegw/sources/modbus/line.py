@@ -91,7 +91,6 @@ class ModbusLine:
                             yield self._all_bad(device, error)
                         await asyncio.sleep(backoff.next_delay())
                         continue
-                    backoff.reset()
                     self._stagger()
                 device = min(self.devices, key=lambda d: d.due)
                 wait = device.due - time.monotonic()
@@ -101,9 +100,15 @@ class ModbusLine:
                 try:
                     batch = await self._poll(device)
                 except ChannelClosed as exc:
+                    reason = f"line lost: {exc}"
                     self._close()
-                    self._mark_down(f"line lost: {exc}")
+                    self._mark_down(reason)
+                    for each in self.devices:
+                        yield self._all_bad(each, reason)
+                    await asyncio.sleep(backoff.next_delay())
                     continue
+                if device.status.failures == 0:
+                    backoff.reset()  # only an answer proves the line works, not a connect
                 self.status.polls += 1
                 device.status.polls += 1
                 yield batch
@@ -119,7 +124,9 @@ class ModbusLine:
                 serial = SerialChannel(config.serial)
                 serial.open()
                 channel: Channel = serial
-                master: RtuMaster | MbapMaster = RtuMaster(channel, config.frame_gap)
+                master: RtuMaster | MbapMaster = RtuMaster(
+                    channel, config.frame_gap, config.serial.char_time()
+                )
             else:
                 tcp = TcpChannel(config.host, config.port)
                 await tcp.open(config.timeout + 1.0)
@@ -138,7 +145,7 @@ class ModbusLine:
         log.info("line open source=%s url=%s devices=%d", self.name, config.url, len(self.devices))
         return None
 
-    def _open_failure(self, exc: BaseException) -> str:
+    def _open_failure(self, exc: OSError) -> str:
         config = self.config
         if config.transport == "rtu":
             path = config.serial.path
@@ -152,7 +159,7 @@ class ModbusLine:
             return f"cannot open {path}: {getattr(exc, 'strerror', None) or exc}"
         if isinstance(exc, TimeoutError):
             return f"cannot connect to {config.host}:{config.port}: timed out"
-        return f"cannot connect to {config.host}:{config.port}: {exc.strerror or exc}"  # type: ignore[attr-defined]
+        return f"cannot connect to {config.host}:{config.port}: {exc.strerror or exc}"
 
     def _mark_down(self, reason: str) -> None:
         if self.status.mark_down(reason):
@@ -165,11 +172,13 @@ class ModbusLine:
         self.status.connected = False
 
     def _stagger(self) -> None:
-        """Spread the first polls over the shortest interval, so devices do not fire at once."""
+        """Spread the first polls over the shortest interval, so devices do not fire at once.
+        A device whose breaker is open keeps its retry time across a reconnect."""
         now = time.monotonic()
         spacing = min(d.view.poll for d in self.devices) / len(self.devices)
         for index, device in enumerate(self.devices):
-            device.due = now + index * spacing
+            if not device.status.breaker_open:
+                device.due = now + index * spacing
 
     def _reschedule(self, device: _Device, started: float) -> None:
         status = device.status
@@ -211,8 +220,10 @@ class ModbusLine:
                 status.failures = 0
                 self._answered(device)
                 if exc.code == ILLEGAL_DATA_ADDRESS and len(planned.tag_names) > 1:
-                    device.blocks[index : index + 1] = self._split(device, planned)
-                    continue  # read the pieces now
+                    pieces = self._split(device, planned)
+                    if len(pieces) > 1:  # tags sharing one register cannot be split apart
+                        device.blocks[index : index + 1] = pieces
+                        continue  # read the pieces now
                 self._failed(status, exc.kind, str(exc))
                 readings.extend(self._bad(view, planned.tag_names, str(exc)))
             except RtuError as exc:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import struct
 import time
 
-from edgegw.sources.modbus.channel import Channel
+from edgegw.sources.modbus.channel import Channel, ChannelClosed
 from edgegw.sources.modbus.rtu import (
     FUNCTION_CODES,
     ExceptionReply,
@@ -47,19 +47,24 @@ class MbapMaster:
         )
         sent = time.monotonic()
         deadline = sent + timeout
+        in_frame = False  # a header was read and its body not yet
         try:
             while True:
                 header = await self.channel.read_exactly(_HEADER.size, deadline)
+                in_frame = True
                 reply_tid, protocol, length, reply_unit = _HEADER.unpack(header)
                 if protocol != 0 or not 2 <= length <= MAX_LENGTH:
-                    self.channel.discard()
-                    raise WrongReply(f"not a Modbus TCP reply (protocol {protocol})")
+                    raise self._framing_lost(f"not a Modbus TCP reply (protocol {protocol})")
                 pdu = await self.channel.read_exactly(length - 1, deadline)
+                in_frame = False
                 if reply_tid != tid:
                     self.discarded_bytes += len(header) + len(pdu)  # a late reply
                     continue
                 break
         except TimeoutError:
+            if in_frame:
+                # The rest of this frame may still come and would read as the next header.
+                raise self._framing_lost("a reply stopped halfway") from None
             raise NoReply(f"no reply within {timeout:g}s") from None
         if reply_unit != unit:
             raise WrongReply(f"reply from unit {reply_unit}, expected unit {unit}")
@@ -68,5 +73,10 @@ class MbapMaster:
         if pdu[0] != function:
             raise WrongReply(f"reply with function {pdu[0]}, expected {function}")
         if len(pdu) < 2 or pdu[1] != expected or len(pdu) != expected + 2:
-            raise WrongReply(f"reply carries {len(pdu) - 2} bytes, expected {expected}")
+            raise WrongReply(f"reply carries {max(0, len(pdu) - 2)} bytes, expected {expected}")
         return Transaction(pdu[2:], time.monotonic() - sent)
+
+    def _framing_lost(self, why: str) -> ChannelClosed:
+        """Byte stream out of step: only a new connection brings MBAP framing back."""
+        self.channel.close()
+        return ChannelClosed(f"Modbus TCP framing lost: {why}; reconnecting")

@@ -88,9 +88,10 @@ class Transaction:
 class RtuMaster:
     """Sends one request at a time on `channel`, with the line's inter-frame silence."""
 
-    def __init__(self, channel: Channel, frame_gap: float) -> None:
+    def __init__(self, channel: Channel, frame_gap: float, char_time: float = 0.0) -> None:
         self.channel = channel
         self.frame_gap = frame_gap
+        self.char_time = char_time  # seconds per character on a serial line; 0 over TCP
         self._line_free_at = 0.0  # monotonic: the silence after the last frame has passed
         self.discarded_bytes = 0  # late or garbled input dropped while settling
 
@@ -131,7 +132,9 @@ class RtuMaster:
         unit, function = request[0], request[1]
         await channel.write(request)
         sent = time.monotonic()
-        deadline = sent + timeout
+        # The timeout is the device's; the frames' time on the wire comes on top (a 125-register
+        # reply takes 2.3 s at 1200 baud).
+        deadline = sent + timeout + (len(request) + expected + 5) * self.char_time
         try:
             head = await channel.read_exactly(2, deadline)
             if head[0] != unit:
