@@ -51,6 +51,7 @@ import psutil
 import yaml
 
 from bench.catchup_fill import fill_outbox
+from bench.common import save
 from bench.e2e import (
     BASE_PREFIX,
     MOSQUITTO,
@@ -885,15 +886,6 @@ def profile_summary(
         if not args.keep_tmp:
             shutil.rmtree(path.parent, ignore_errors=True)
     return summary
-
-
-def save(doc: dict[str, Any], started: dt.datetime, prefix: str) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stamp = started.strftime("%Y%m%dT%H%M%SZ")
-    data = orjson.dumps(doc, option=orjson.OPT_INDENT_2)
-    (RESULTS / f"{prefix}-{stamp}.json").write_bytes(data)
-    (RESULTS / f"{prefix}-latest.json").write_bytes(data)
-    print(f"\nwrote {RESULTS / f'{prefix}-{stamp}.json'} and {prefix}-latest.json")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -51,6 +51,7 @@ import orjson
 import psutil
 import yaml
 
+from bench.common import save
 from bench.subscriber import PahoSubscriber, RawSubscriber
 
 REPO = Path(__file__).resolve().parent.parent
@@ -946,13 +947,7 @@ def main(argv: list[str] | None = None) -> int:
     if profiles:
         doc["profiles"] = profiles
     if not args.no_save:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        stamp = started.strftime("%Y%m%dT%H%M%SZ")
-        data = orjson.dumps(doc, option=orjson.OPT_INDENT_2)
-        prefix = args.output_prefix
-        (RESULTS / f"{prefix}-{stamp}.json").write_bytes(data)
-        (RESULTS / f"{prefix}-latest.json").write_bytes(data)
-        print(f"\nwrote {RESULTS / f'{prefix}-{stamp}.json'} and {prefix}-latest.json")
+        save(doc, started, args.output_prefix)
     return 0
 
 
