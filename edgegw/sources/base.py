@@ -20,6 +20,7 @@ class SourceStatus:
         "_changed",
         "_connected",
         "_outage_since",
+        "_seen_up",
         "_up_seconds",
         "errors",
         "last_error",
@@ -50,6 +51,7 @@ class SourceStatus:
         self._changed = self.started  # when `connected` last changed
         self._up_seconds = 0.0  # summed length of the ended up periods
         self._outage_since: float | None = None
+        self._seen_up = False  # connected at least once
 
     @property
     def connected(self) -> bool:
@@ -59,11 +61,13 @@ class SourceStatus:
     def connected(self, value: bool) -> None:
         now = time.monotonic()
         if value == self._connected:
-            if not value and self._outage_since is None:  # the first connection failed
+            if not value and self._outage_since is None and not self._seen_up:
+                # The first connection failed: down since the start.
                 self._outage_since = self._changed
                 self.outages += 1
             return
         if value:
+            self._seen_up = True
             if self._outage_since is not None:
                 self.repairs += 1
                 self.repair_seconds += now - self._outage_since
@@ -73,6 +77,14 @@ class SourceStatus:
             self._outage_since = now
             self.outages += 1
         self._connected = value
+        self._changed = now
+
+    def stopped(self) -> None:
+        """The source was stopped on purpose (shutdown, reload): not an outage."""
+        now = time.monotonic()
+        if self._connected:
+            self._up_seconds += now - self._changed
+        self._connected = False
         self._changed = now
 
     def mark_down(self, reason: str) -> bool:

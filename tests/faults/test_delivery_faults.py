@@ -250,6 +250,10 @@ async def test_disk_full_stops_intake_and_resumes(
     await asyncio.wait_for(gateway.started.wait(), 10)
     try:
         await until(lambda: gateway.committed > 200, 10, "commits")
+        # A hung broker: nothing is acknowledged, so no row is deleted and no page freed; with
+        # the broker keeping up, freed pages would absorb the new rows and the file never
+        # needs to grow (seen once in a fresh-check).
+        mosquitto.pause()
         async with gateway.outbox._lock:
             # SQLite's own ceiling stands in for a full filesystem: writes fail with
             # SQLITE_FULL exactly as they would on a full disk.
@@ -268,6 +272,7 @@ async def test_disk_full_stops_intake_and_resumes(
         assert gateway.committed == stuck  # intake stopped; nothing half-written
         async with gateway.outbox._lock:
             await gateway.outbox.db.execute("PRAGMA max_page_count = 1073741823")
+        mosquitto.resume()
         await until(lambda: gateway.committed > stuck + 100, 15, "intake resumed")
         assert gateway.outbox_alarm is None
         _, text = await asyncio.to_thread(http.get, gateway.metrics_port, "/metrics")

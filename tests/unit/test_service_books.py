@@ -102,3 +102,15 @@ def test_reload_diff_names_sources_and_what_needs_a_restart(tmp_path: Path) -> N
     assert changes.mqtt
 
     assert diff_configs(build_config(old), build_config(copy.deepcopy(old))).empty
+
+
+def test_a_deliberate_stop_is_no_outage(clock: Clock) -> None:
+    status = SourceStatus("plc")
+    status.connected = True
+    clock.now += 10
+    status.stopped()
+    status.connected = False  # what a driver's cleanup may still do
+    clock.now += 10
+    assert not status.connected
+    assert status.outages == 0
+    assert status.availability() == pytest.approx(0.5)

@@ -107,6 +107,7 @@ class ModbusSource:
                     next_poll += missed * config.poll
                 await asyncio.sleep(next_poll - now)
         finally:
+            self.status.stopped()
             self._close()
 
     async def _connect(self) -> str | None:

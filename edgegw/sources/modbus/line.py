@@ -114,6 +114,7 @@ class ModbusLine:
                 yield batch
                 self._reschedule(device, started)
         finally:
+            self.status.stopped()
             self._close()
 
     # -- the line ------------------------------------------------------------------------------

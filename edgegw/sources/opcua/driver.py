@@ -135,7 +135,7 @@ class OpcUaSource:
             if client is not None:
                 # A clean stop deletes the subscription: nobody will take it over.
                 await close_quietly(client)
-            self.status.connected = False
+            self.status.stopped()
 
     # --- connecting -----------------------------------------------------------------------
 
