@@ -231,14 +231,16 @@ def bench_tags(offsets: Iterable[int]) -> list[dict[str, Any]]:
 TEN_TAGS = [*BLOCK_A, *BLOCK_B]
 
 
-def modbus_doc(state: Path, mqtt_port: int, plc: ModbusPlc) -> dict[str, Any]:
+def modbus_doc(
+    state: Path, mqtt_port: int, plc: ModbusPlc, timeout: float = TIMEOUT
+) -> dict[str, Any]:
     return config_dict(
         state,
         mqtt_port,
         plc.port,
         bench_tags(TEN_TAGS),
         poll=f"{int(POLL * 1000)}ms",
-        timeout=f"{int(TIMEOUT * 1000)}ms",
+        timeout=f"{int(timeout * 1000)}ms",
     )
 
 
@@ -367,7 +369,11 @@ async def test_modbus_dropped_connections(
     subscriber: Subscriber,
     fault_report: FaultReport,
 ) -> None:
-    path = write_config(tmp_path / "gw.yaml", modbus_doc(tmp_path, mosquitto.port, plc))
+    # A reply later than the timeout is a lost value (the register moved on), which this test
+    # counts as a gap: a 0.3 s timeout lost some to a loaded machine (two fresh-checks), so
+    # the replies that are sent get 1 s here. A dropped request costs the timeout each.
+    doc = modbus_doc(tmp_path, mosquitto.port, plc, timeout=1.0)
+    path = write_config(tmp_path / "gw.yaml", doc)
     feed = Feed(subscriber)
     keys = [("plc", f"r{i}") for i in TEN_TAGS]
     async with gateway_running(path) as gateway:
@@ -377,7 +383,7 @@ async def test_modbus_dropped_connections(
         plc.faults.drop_connections = True
         await until(all_bad_with(feed, keys, bool), 10, "every tag bad with a reason")
         await until(
-            lambda: plc.stats.connections_dropped >= dropped + 10, 15, "10 dropped connections"
+            lambda: plc.stats.connections_dropped >= dropped + 5, 15, "5 dropped connections"
         )
         plc.faults.drop_connections = False
         held = time.monotonic() - fault_on
