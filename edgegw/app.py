@@ -38,7 +38,12 @@ STATUS_EVERY = 5.0  # seconds between STATUS= lines to systemd
 def mqtt_settings(config: GatewayConfig) -> MqttSettings:
     mqtt = config.mqtt
     status_topic = mqtt.status_topic.format(**config.topic_fields())
-    tls = mqtt.tls
+    tls_settings: TlsSettings | None = None
+    if mqtt.secure:  # mqtts:// without a tls section: the system's trust store
+        tls = mqtt.tls
+        tls_settings = (
+            TlsSettings(tls.ca, tls.cert, tls.key, tls.verify_hostname) if tls else TlsSettings()
+        )
     return MqttSettings(
         host=mqtt.host,
         port=mqtt.port,
@@ -49,11 +54,7 @@ def mqtt_settings(config: GatewayConfig) -> MqttSettings:
         status_topic=status_topic,
         username=mqtt.username,
         password=None if mqtt.password_file is None else read_secret(mqtt.password_file),
-        tls=None
-        if not mqtt.secure
-        else TlsSettings()
-        if tls is None
-        else TlsSettings(tls.ca, tls.cert, tls.key, tls.verify_hostname),
+        tls=tls_settings,
     )
 
 

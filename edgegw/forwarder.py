@@ -75,7 +75,6 @@ class Forwarder:
         self.outbox = outbox
         self.announcements = list(announcements)  # (topic, payload) retained at each connect
         self.batch = batch
-        self._members: dict[int, list[int]] = {}  # batch token -> the seqs it carries
         self._sources: dict[int, str] = {}  # seq -> source, parsed once per row
         self.settings = settings
         self.qos = qos
@@ -265,7 +264,7 @@ class Forwarder:
             if not lost.done():
                 lost.cancel()
             self._in_flight.clear()
-            self._members.clear()
+            self._batch_rows.clear()
             self._sources.clear()
 
     async def _stop_or_reconnect(self, stop: asyncio.Event) -> None:
@@ -350,7 +349,6 @@ class Forwarder:
         )
         self._in_flight[last] = rows[0]
         self._batch_rows[last] = rows
-        self._members[last] = [row.seq for row in rows]
         self._sent_since_connect += len(rows)
         self._progressed()
         for row in rows:
@@ -391,7 +389,6 @@ class Forwarder:
             return
         rows = self._batch_rows.pop(token, None) or [row]
         if reason_code >= 0x80:
-            self._members.pop(token, None)
             self.status.refused += 1
             for refused in rows:
                 log.error(
@@ -404,14 +401,14 @@ class Forwarder:
                     extra={"trace": refused.trace},
                 )
         else:
-            seqs = self._members.pop(token, None) or [token]
+            seqs = [acked.seq for acked in rows]
             self._acked.extend(seqs)
             self._acked_pending.update(seqs)
             now = time.time()
             self.status.last_ack_latency = now - row.source_time
             observe = self.latency.observe
             for acked in rows:
-                observe(now - (acked.key_ts / 1e6 if acked.key_ts else acked.created))
+                observe(now - acked.source_time)
             if log.isEnabledFor(logging.DEBUG):
                 for acked in rows:
                     log.debug(

@@ -50,6 +50,7 @@ from simulators.modbus_plc import (
     MAX_MBAP_LENGTH_FIELD,
     MBAP_LEN,
     ModbusPlc,
+    exception_pdu,
 )
 from simulators.modbus_rtu import (
     BROADCAST,
@@ -59,8 +60,10 @@ from simulators.modbus_rtu import (
     LineFaults,
     LineStats,
     UnitStats,
+    check_devices,
     crc_ok,
     request_length,
+    simulate,
     with_crc,
 )
 
@@ -81,28 +84,13 @@ SILENT_MODES = ("none", "exception")
 _WRITE_FUNCTIONS = frozenset((5, 6, 15, 16))
 
 
-def _exception(function_code: int, code: int) -> bytes:
-    return bytes(((function_code | 0x80) & 0xFF, code))
-
-
-def _check_devices(devices: Mapping[int, ModbusPlc]) -> dict[int, ModbusPlc]:
-    if not devices:
-        raise ValueError("a gateway needs at least one device")
-    for unit, plc in devices.items():
-        if not 1 <= unit <= 247:
-            raise ValueError(f"unit id {unit} is outside 1..247")
-        if plc.unit != unit:
-            raise ValueError(f"the ModbusPlc on unit {unit} has unit={plc.unit}")
-    return dict(devices)
-
-
 class _TcpServer:
     """Lifecycle shared by both servers: listen, track connections, run the PLCs' ticks."""
 
     _name = "gateway"
 
     def __init__(self, devices: Mapping[int, ModbusPlc], host: str, port: int) -> None:
-        self.devices: dict[int, ModbusPlc] = _check_devices(devices)
+        self.devices: dict[int, ModbusPlc] = check_devices(devices)
         self.host = host
         #: The listening port; after start() with port=0 it is the bound port, which a
         #: later start() reuses.
@@ -128,7 +116,7 @@ class _TcpServer:
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self._sim_tasks = [
-            asyncio.create_task(_simulate(plc), name=f"modbus-gateway-sim-{unit}")
+            asyncio.create_task(simulate(plc), name=f"modbus-gateway-sim-{unit}")
             for unit, plc in self.devices.items()
             if plc.tick > 0 and not plc.serving
         ]
@@ -203,15 +191,6 @@ class _TcpServer:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         raise NotImplementedError
-
-
-async def _simulate(plc: ModbusPlc) -> None:
-    loop = asyncio.get_running_loop()
-    next_at = loop.time()
-    while True:
-        next_at += plc.tick
-        await asyncio.sleep(max(0.0, next_at - loop.time()))
-        plc.step()
 
 
 # ---------------------------------------------------------------------------
@@ -341,7 +320,7 @@ class TcpGateway(_TcpServer):
         if plc is None:
             self.gateway_stats.unknown_unit += 1
             log.debug("request for unit %d, not behind the gateway: exception 11", unit)
-            return _exception(function_code, EXC_GATEWAY_TARGET_NO_RESPONSE)
+            return exception_pdu(function_code, EXC_GATEWAY_TARGET_NO_RESPONSE)
         faults, stats = self.faults[unit], self.stats[unit]
         faults.validate()
         stats.requests += 1
@@ -352,7 +331,7 @@ class TcpGateway(_TcpServer):
             await asyncio.sleep(self.target_timeout)
             if faults.silent_mode == "exception":
                 stats.gateway_exceptions += 1
-                return _exception(function_code, EXC_GATEWAY_TARGET_NO_RESPONSE)
+                return exception_pdu(function_code, EXC_GATEWAY_TARGET_NO_RESPONSE)
             return _Outcome.NO_REPLY
         reply = await plc.serve_pdu(unit, pdu)
         if reply is None:

@@ -211,7 +211,7 @@ def _unpack_bits(data: bytes, count: int) -> list[int]:
     return [(data[i >> 3] >> (i & 7)) & 1 for i in range(count)]
 
 
-def _exception(function_code: int, code: int) -> bytes:
+def exception_pdu(function_code: int, code: int) -> bytes:
     return bytes((function_code | 0x80, code & 0xFF))
 
 
@@ -536,11 +536,11 @@ class ModbusPlc:
         function_code = pdu[0] if pdu else 0
         if faults.exception_code is not None:
             self.stats.exceptions += 1
-            return _exception(function_code, faults.exception_code)
+            return exception_pdu(function_code, faults.exception_code)
         if unit != self.unit:
             # What a TCP gateway answers when the serial device behind it is absent.
             self.stats.exceptions += 1
-            return _exception(function_code, EXC_GATEWAY_TARGET_NO_RESPONSE)
+            return exception_pdu(function_code, EXC_GATEWAY_TARGET_NO_RESPONSE)
         reply = self.process_pdu(pdu)
         if reply[0] & 0x80:
             self.stats.exceptions += 1
@@ -549,25 +549,25 @@ class ModbusPlc:
     def process_pdu(self, pdu: bytes) -> bytes:
         """Execute one request PDU against the tables (no faults) and return the reply."""
         if not pdu:
-            return _exception(0, EXC_ILLEGAL_FUNCTION)
+            return exception_pdu(0, EXC_ILLEGAL_FUNCTION)
         function_code = pdu[0]
         handler = self._handlers.get(function_code)
         if handler is None:
-            return _exception(function_code, EXC_ILLEGAL_FUNCTION)
+            return exception_pdu(function_code, EXC_ILLEGAL_FUNCTION)
         try:
             return handler(self, pdu)
         except struct.error:
             # A truncated or overlong body: the spec's answer is "illegal data value".
             log.debug("malformed PDU for function %d: %s", function_code, pdu.hex())
             self.stats.malformed += 1
-            return _exception(function_code, EXC_ILLEGAL_VALUE)
+            return exception_pdu(function_code, EXC_ILLEGAL_VALUE)
 
     def _read_bits(self, pdu: bytes) -> bytes:
         function_code, address, count = struct.unpack(">BHH", pdu)
         if not 1 <= count <= MAX_READ_BITS:
-            return _exception(function_code, EXC_ILLEGAL_VALUE)
+            return exception_pdu(function_code, EXC_ILLEGAL_VALUE)
         if not self._in_map(address, count):
-            return _exception(function_code, EXC_ILLEGAL_ADDRESS)
+            return exception_pdu(function_code, EXC_ILLEGAL_ADDRESS)
         table = self._coils if function_code == FC_READ_COILS else self._discrete
         packed = _pack_bits(table[address : address + count])
         return bytes((function_code, len(packed))) + packed
@@ -575,14 +575,14 @@ class ModbusPlc:
     def _read_registers(self, pdu: bytes) -> bytes:
         function_code, address, count = struct.unpack(">BHH", pdu)
         if not 1 <= count <= MAX_READ_REGS:
-            return _exception(function_code, EXC_ILLEGAL_VALUE)
+            return exception_pdu(function_code, EXC_ILLEGAL_VALUE)
         if self._in_map(address, count):
             table = self._holding if function_code == FC_READ_HOLDING else self._input
             values = table[address : address + count]
         elif function_code == FC_READ_HOLDING and self._in_bench(address, count):
             values = self._read_bench(address - BENCH_BASE, count)
         else:
-            return _exception(function_code, EXC_ILLEGAL_ADDRESS)
+            return exception_pdu(function_code, EXC_ILLEGAL_ADDRESS)
         return struct.pack(f">BB{count}H", function_code, 2 * count, *values)
 
     def _read_bench(self, offset: int, count: int) -> list[int]:
@@ -596,16 +596,16 @@ class ModbusPlc:
     def _write_coil(self, pdu: bytes) -> bytes:
         function_code, address, value = struct.unpack(">BHH", pdu)
         if value not in (0x0000, 0xFF00):
-            return _exception(function_code, EXC_ILLEGAL_VALUE)
+            return exception_pdu(function_code, EXC_ILLEGAL_VALUE)
         if not self._in_map(address, 1):
-            return _exception(function_code, EXC_ILLEGAL_ADDRESS)
+            return exception_pdu(function_code, EXC_ILLEGAL_ADDRESS)
         self._coils[address] = int(value == 0xFF00)
         return pdu  # the reply echoes the request
 
     def _write_register(self, pdu: bytes) -> bytes:
         function_code, address, value = struct.unpack(">BHH", pdu)
         if not (self._in_map(address, 1) or self._in_bench(address, 1)):
-            return _exception(function_code, EXC_ILLEGAL_ADDRESS)
+            return exception_pdu(function_code, EXC_ILLEGAL_ADDRESS)
         self.set_holding(address, [value])
         return pdu
 
@@ -613,21 +613,21 @@ class ModbusPlc:
         function_code, address, count, byte_count = struct.unpack_from(">BHHB", pdu)
         data = pdu[6:]
         if not 1 <= count <= MAX_WRITE_BITS or byte_count != (count + 7) // 8:
-            return _exception(function_code, EXC_ILLEGAL_VALUE)
+            return exception_pdu(function_code, EXC_ILLEGAL_VALUE)
         if len(data) != byte_count:
             raise struct.error("byte count does not match the data")
         if not self._in_map(address, count):
-            return _exception(function_code, EXC_ILLEGAL_ADDRESS)
+            return exception_pdu(function_code, EXC_ILLEGAL_ADDRESS)
         self._coils[address : address + count] = bytes(_unpack_bits(data, count))
         return struct.pack(">BHH", function_code, address, count)
 
     def _write_registers(self, pdu: bytes) -> bytes:
         function_code, address, count, byte_count = struct.unpack_from(">BHHB", pdu)
         if not 1 <= count <= MAX_WRITE_REGS or byte_count != 2 * count:
-            return _exception(function_code, EXC_ILLEGAL_VALUE)
+            return exception_pdu(function_code, EXC_ILLEGAL_VALUE)
         values = struct.unpack(f">{count}H", pdu[6:])
         if not (self._in_map(address, count) or self._in_bench(address, count)):
-            return _exception(function_code, EXC_ILLEGAL_ADDRESS)
+            return exception_pdu(function_code, EXC_ILLEGAL_ADDRESS)
         self.set_holding(address, values)
         return struct.pack(">BHH", function_code, address, count)
 

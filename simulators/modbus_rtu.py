@@ -221,6 +221,28 @@ class LineFaults:
         self.wrong_unit = None
 
 
+def check_devices(devices: Mapping[int, ModbusPlc]) -> dict[int, ModbusPlc]:
+    """Several PLCs on one line or gateway: unit ids 1..247, each PLC answering its own id."""
+    if not devices:
+        raise ValueError("no devices: a line or gateway needs at least one")
+    for unit, plc in devices.items():
+        if not 1 <= unit <= 247:
+            raise ValueError(f"unit id {unit} is outside 1..247")
+        if plc.unit != unit:
+            raise ValueError(f"the ModbusPlc on unit {unit} has unit={plc.unit}")
+    return dict(devices)
+
+
+async def simulate(plc: ModbusPlc) -> None:
+    """Step a PLC that serves no TCP port of its own at its tick."""
+    loop = asyncio.get_running_loop()
+    next_at = loop.time()
+    while True:
+        next_at += plc.tick
+        await asyncio.sleep(max(0.0, next_at - loop.time()))
+        plc.step()
+
+
 @dataclass
 class UnitStats:
     """Counters of one unit on the line."""
@@ -288,20 +310,13 @@ class RtuLine:
         bytesize: int = 8,
         emulate_timing: bool = True,
     ) -> None:
-        if not devices:
-            raise ValueError("a line needs at least one device")
-        for unit, plc in devices.items():
-            if not 1 <= unit <= 247:
-                raise ValueError(f"unit id {unit} is outside 1..247")
-            if plc.unit != unit:
-                raise ValueError(f"the ModbusPlc on unit {unit} has unit={plc.unit}")
+        self.devices: dict[int, ModbusPlc] = check_devices(devices)
         if baudrate <= 0:
             raise ValueError("baudrate must be > 0")
         if parity not in ("N", "E", "O"):
             raise ValueError("parity must be 'N', 'E' or 'O'")
         if stopbits not in (1, 2) or bytesize not in (7, 8):
             raise ValueError("stopbits must be 1 or 2 and bytesize 7 or 8")
-        self.devices: dict[int, ModbusPlc] = dict(devices)
         self.baudrate = baudrate
         self.parity: Parity = parity
         self.stopbits = stopbits
@@ -408,7 +423,7 @@ class RtuLine:
         self._locks = {unit: asyncio.Lock() for unit in self.devices}
         loop.add_reader(master, self._on_readable)
         self._sim_tasks = [
-            asyncio.create_task(self._simulate(plc), name=f"modbus-rtu-sim-{unit}")
+            asyncio.create_task(simulate(plc), name=f"modbus-rtu-sim-{unit}")
             for unit, plc in self.devices.items()
             if plc.tick > 0
         ]
@@ -472,15 +487,6 @@ class RtuLine:
         attrs = termios.tcgetattr(fd)
         attrs[4] = attrs[5] = speed
         termios.tcsetattr(fd, termios.TCSANOW, attrs)
-
-    @staticmethod
-    async def _simulate(plc: ModbusPlc) -> None:
-        loop = asyncio.get_running_loop()
-        next_at = loop.time()
-        while True:
-            next_at += plc.tick
-            await asyncio.sleep(max(0.0, next_at - loop.time()))
-            plc.step()
 
     # -- receiving -------------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import (
@@ -191,7 +192,7 @@ def read_secret(path: str) -> str:
     from edgegw.errors import EdgeGwError
 
     try:
-        return open(path, encoding="utf-8").read().rstrip("\r\n")
+        return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
     except OSError as exc:
         raise EdgeGwError(f"cannot read {path}: {exc.strerror}") from None
     except UnicodeDecodeError:

@@ -224,11 +224,12 @@ async def test_lines_over_tcp_read_every_unit_and_survive_a_silent_one(transport
         async with Collector(ModbusLine(config)) as collector:
             for unit in UNITS:
                 await until(lambda u=unit: collector.reads(f"pump-{u}") >= 10, 10, "10 reads each")
-            baseline = await collector.time_for_reads("pump-1", 20)
+            # Windows of 2 s and more: a rate over one second swings with the machine's load.
+            baseline = await collector.time_for_reads("pump-1", 40)
             server.faults[2].silent = True
             status = collector.source.device_statuses[1]
             await until(lambda: status.breaker_open, 10, "pump-2's breaker to open")
-            with_silent = await collector.time_for_reads("pump-1", 40) / 2
+            with_silent = await collector.time_for_reads("pump-1", 80) / 2
             server.faults[2].clear()
             if transport == "tcp":
                 server.faults[3].late = 1.5 * TIMEOUT  # type: ignore[union-attr]
