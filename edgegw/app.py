@@ -23,6 +23,7 @@ from edgegw.sdnotify import Notifier
 from edgegw.sinks.mqtt import MqttSettings, TlsSettings
 from edgegw.sources.base import Source
 from edgegw.sources.registry import build_source
+from edgegw.statedir import acquire as acquire_state_dir
 
 log = logging.getLogger(__name__)
 audit = logging.getLogger("edgegw.audit")
@@ -118,7 +119,13 @@ class Gateway:
         self._reload_requested.set()
 
     async def run(self) -> None:
-        await self.outbox.open()
+        # Before anything is opened: a second gateway on this state directory stops here.
+        state_lock = acquire_state_dir(self.config.gateway.state_dir, self.config.outbox_path)
+        try:
+            await self.outbox.open()
+        except BaseException:
+            state_lock.release()
+            raise
         forwarder_stop = asyncio.Event()
         try:
             async with asyncio.TaskGroup() as group:
@@ -177,6 +184,7 @@ class Gateway:
         finally:
             self.notifier.close()
             await self.outbox.close()
+            state_lock.release()
             log.info(
                 "gateway stopped committed=%d published=%d",
                 self.committed,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -13,13 +14,27 @@ import orjson
 
 from edgegw import __version__
 from edgegw.errors import ConfigError, EdgeGwError
+from edgegw.statedir import StateDirError
 
 EX_CONFIG = 78  # sysexits.h: the unit has RestartPreventExitStatus=78, so a typo is no restart loop
+# sysexits.h EX_CANTCREAT: the state directory is unusable or held by another gateway. Also in
+# RestartPreventExitStatus=: restarting every 5 s cannot fix either.
+EX_CANTCREAT = 73
+DEFAULT_CONFIG = "/etc/edgegw/edgegw.yaml"
+
+
+def _default_config() -> str:
+    return os.environ.get("EDGEGW_CONFIG", DEFAULT_CONFIG)
 
 
 def _add_config(parser: argparse.ArgumentParser) -> None:
+    # One rule for every command: -c FILE, else $EDGEGW_CONFIG, else the file the unit uses.
     parser.add_argument(
-        "-c", "--config", required=True, metavar="FILE", help="the gateway's YAML config file"
+        "-c",
+        "--config",
+        default=None,
+        metavar="FILE",
+        help=f"the gateway's YAML config file (default: $EDGEGW_CONFIG or {DEFAULT_CONFIG})",
     )
 
 
@@ -28,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="edgegw",
         description="Shop-floor edge gateway: reads PLCs (Modbus TCP, OPC UA), keeps every "
         "value in a local SQLite outbox, and forwards it to an MQTT broker at least once.",
-        epilog="Exit status: 0 ok, 1 runtime error, 78 invalid configuration.",
+        epilog="Exit status: 0 ok, 1 runtime error, 73 state directory unusable or in use by "
+        "another gateway, 78 invalid configuration.",
     )
     parser.add_argument("--version", action="version", version=f"edgegw {__version__}")
     parser.add_argument(
@@ -110,13 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
         "outages, MTTR, last error), the broker and the outbox. Exit status: 0 all up, "
         "1 something failing, 3 the gateway does not answer (the outbox file is read instead).",
     )
-    status.add_argument(
-        "-c",
-        "--config",
-        default="/etc/edgegw/edgegw.yaml",
-        metavar="FILE",
-        help="the gateway's config (default: /etc/edgegw/edgegw.yaml)",
-    )
+    _add_config(status)
     status.add_argument("--json", action="store_true", help="print /healthz's JSON as it is")
 
     outbox = commands.add_parser(
@@ -218,6 +228,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from edgegw.logs import setup_logging
 
     setup_logging(args.log_level, {"auto": None, "text": False, "json": True}[args.log_format])
+    if getattr(args, "config", None) is None and args.command in _NEEDS_CONFIG:
+        args.config = _default_config()
+        if not os.path.exists(args.config):
+            print(
+                f"edgegw {args.command}: no config file given and none at {args.config}; "
+                "give one with -c FILE (or set EDGEGW_CONFIG)",
+                file=sys.stderr,
+            )
+            return EX_CONFIG
     try:
         if args.command == "schema":
             if args.events:
@@ -244,6 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             config = _load(args.config)
         if args.command == "check":
             _check_broker_credentials(config)
+            _check_state_dir(args.config, config)
             count = sum(len(source.tags) for source in config.data_sources())
             print(f"{args.config}: ok ({len(config.sources)} sources, {count} tags)")
             return 0
@@ -265,14 +285,54 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "quarantine":
             return _quarantine(args, config.outbox_path)
     except ConfigError as exc:
-        print("\n".join(exc.issues), file=sys.stderr)
+        print("\n".join(_worded_for(args.command, exc.issues)), file=sys.stderr)
         return EX_CONFIG
+    except StateDirError as exc:
+        print(f"edgegw {args.command}: {exc}", file=sys.stderr)
+        return EX_CONFIG if args.command == "check" else EX_CANTCREAT
     except EdgeGwError as exc:
         print(f"edgegw: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
     raise AssertionError(f"unhandled command {args.command}")
+
+
+_NEEDS_CONFIG = {"run", "check", "status", "outbox", "quarantine"}
+_NOT_STARTED = "gateway not started."
+_INSTEAD = {
+    "check": "the config is not valid.",
+    "status": "edgegw status needs a valid config to find the gateway.",
+    "outbox": "edgegw outbox needs a valid config to find the outbox.",
+    "quarantine": "edgegw quarantine needs a valid config to find the outbox.",
+}
+
+
+def _worded_for(command: str, issues: list[str]) -> list[str]:
+    """The summary line says what did not happen: only `run` starts a gateway."""
+    if not issues or command not in _INSTEAD or not issues[-1].endswith(_NOT_STARTED):
+        return issues
+    return [*issues[:-1], issues[-1][: -len(_NOT_STARTED)] + _INSTEAD[command]]
+
+
+def _check_state_dir(path: str, config: Any) -> None:
+    """`check` says what `run` would find: a state directory it cannot write."""
+    from edgegw.config.diagnostics import format_issue, with_summary
+    from edgegw.config.yamlpos import load_yaml_file
+    from edgegw.statedir import check_problem
+
+    directories = [("gateway.state_dir", ("gateway", "state_dir"), config.gateway.state_dir)]
+    if config.outbox.path is not None:
+        outbox_dir = os.path.dirname(os.path.abspath(config.outbox_path))
+        directories.append(("outbox.path", ("outbox", "path"), outbox_dir))
+    issues = []
+    for name, loc, directory in directories:
+        problem = check_problem(directory)
+        if problem is not None:
+            mark = load_yaml_file(path).value_marks.get(loc)
+            issues.append(format_issue(path, mark, name, problem))
+    if issues:
+        raise ConfigError(with_summary(issues))
 
 
 def _check_broker_credentials(config: Any) -> None:

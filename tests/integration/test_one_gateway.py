@@ -1,0 +1,138 @@
+"""One gateway per state directory, and gateways that share a client id back off.
+
+Issue 14: a second `edgegw run` on a live state directory published 269 seqs twice with two
+ids in 10 s, and two gateways with one client id took the MQTT session from each other about
+1,700 times in 10 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from simulators.modbus_plc import ModbusPlc
+from tests.support.broker import Mosquitto
+from tests.support.gateway import (
+    GatewayProcess,
+    bench_tags,
+    config_dict,
+    running_gateway,
+    write_config,
+)
+from tests.support.ledger import assert_complete, delivered_and_stored, telemetry
+from tests.support.subscriber import Subscriber
+from tests.support.wait import until
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def _edgegw(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "edgegw", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+async def test_second_instance_on_one_state_dir_exits_and_the_first_stays_whole(
+    tmp_path: Path, mosquitto: Mosquitto, subscriber: Subscriber, plc: ModbusPlc
+) -> None:
+    data = config_dict(tmp_path / "state", mosquitto.port, plc.port, bench_tags(5))
+    config = write_config(tmp_path / "gw.yaml", data)
+    first = await GatewayProcess(config).start()
+    try:
+        await subscriber.wait_for(
+            lambda got: len(telemetry(got)) >= 50, 60, what="50 values from the first gateway"
+        )
+        second = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "edgegw",
+            "run",
+            "-c",
+            str(config),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        # "At once": before it opened anything. Bounded generously for a slow machine; a
+        # second gateway that runs would never exit by itself.
+        _, stderr = await asyncio.wait_for(second.communicate(), 60)
+        assert second.returncode == 73, stderr
+        assert first.process is not None
+        words = stderr.decode()
+        assert f"is in use by PID {first.process.pid}" in words, words
+        assert "one gateway per state directory" in words, words
+        assert "Traceback" not in words, words
+        # The first goes on publishing, then stops cleanly.
+        before = len(telemetry(subscriber.messages))
+        await subscriber.wait_for(
+            lambda got: len(telemetry(got)) >= before + 50, 60, what="50 more values"
+        )
+    finally:
+        first.signal(signal.SIGTERM)
+        assert await first.wait(60) == 0
+    received, last_seq = await delivered_and_stored(
+        subscriber, str(tmp_path / "state" / "outbox.sqlite3")
+    )
+    assert_complete(received, last_seq)  # gap-free, one id per seq
+
+
+def test_check_and_run_name_an_unusable_state_dir(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    data = config_dict(blocker / "state", 1883, 502, bench_tags(1))
+    config = write_config(tmp_path / "gw.yaml", data)
+    line = next(
+        number
+        for number, text in enumerate(config.read_text().splitlines(), 1)
+        if "state_dir:" in text
+    )
+    checked = _edgegw("check", "-c", str(config))
+    assert checked.returncode == 78, checked.stderr
+    assert f"{config}:{line}:" in checked.stderr
+    assert "gateway.state_dir: the state directory" in checked.stderr
+    assert f"{blocker}/state does not exist and" in checked.stderr
+    assert "1 error; the config is not valid." in checked.stderr
+    ran = _edgegw("run", "-c", str(config))
+    assert ran.returncode == 73, ran.stderr  # RestartPreventExitStatus: no restart loop
+    assert f"cannot create the state directory {blocker}/state" in ran.stderr
+    assert "Traceback" not in ran.stderr
+
+
+async def test_two_gateways_with_one_client_id_back_off(
+    tmp_path: Path, mosquitto: Mosquitto, plc: ModbusPlc, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="edgegw.forwarder")
+    configs = []
+    for name in ("one", "two"):
+        data = config_dict(tmp_path / name, mosquitto.port, plc.port, bench_tags(2))
+        data["mqtt"]["client_id"] = "edgegw-shared-id"
+        configs.append(data)
+    async with running_gateway(configs[0]) as one, running_gateway(configs[1]) as two:
+        gateways = (one, two)
+
+        def connects() -> int:
+            return sum(g.forwarder.status.connects for g in gateways)
+
+        # Progress first: the two have knocked each other off a few times.
+        await until(lambda: connects() >= 4, 60, "the two gateways to connect 4 times")
+        start = connects()
+        # Over the next 12 s: without backoff about 2,000 connects; with delays that double
+        # from 0.1-0.2 s the pair cannot exceed ~8 each, whatever the machine's speed.
+        await asyncio.sleep(12)  # a window to count in, not a wait for something to happen
+        grown = connects() - start
+        assert grown <= 16, f"{grown} connects in 12 s: no backoff"
+    warnings = [r.getMessage() for r in caplog.records if "dropped the connection" in r.msg]
+    # Said once per gateway, not per reconnect.
+    assert 1 <= len(warnings) <= 2, warnings
+    assert all("reconnecting with growing delays" in w for w in warnings)
+    reasons = " ".join(warnings)
+    assert "same client id 'edgegw-shared-id'" in reasons or "session taken over" in reasons
