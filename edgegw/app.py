@@ -14,7 +14,7 @@ from edgegw.errors import ConfigError, EdgeGwError, OutboxError
 from edgegw.events.schemas import announcements
 from edgegw.forwarder import BatchSettings, Forwarder
 from edgegw.intake import IntakeQueue
-from edgegw.metrics import serve
+from edgegw.metrics import serve, start_http
 from edgegw.outbox import NORMAL_SYNC_INTERVAL, Outbox, PendingEvent
 from edgegw.pipeline import Pipeline
 from edgegw.quarantine import QuarantineRecord
@@ -108,9 +108,6 @@ class Gateway:
         self._readers: dict[str, asyncio.Task[None]] = {}  # source name -> its reading task
         self._group: asyncio.TaskGroup | None = None
 
-    def _metrics_bound(self, port: int) -> None:
-        self.metrics_port = port
-
     def request_stop(self) -> None:
         self.stop_requested.set()
 
@@ -121,9 +118,18 @@ class Gateway:
     async def run(self) -> None:
         # Before anything is opened: a second gateway on this state directory stops here.
         state_lock = acquire_state_dir(self.config.gateway.state_dir, self.config.outbox_path)
+        http = self.config.http
+        http_server: asyncio.Server | None = None
         try:
+            if http is not None:
+                http_server = await start_http(self, http.host, http.port)
+                self.metrics_port = http_server.sockets[0].getsockname()[1]
+                host = "127.0.0.1" if http.host in ("0.0.0.0", "::", "") else http.host
+                state_lock.note_endpoint(f"http://{host}:{self.metrics_port}")
             await self.outbox.open()
         except BaseException:
+            if http_server is not None:
+                http_server.close()
             state_lock.release()
             raise
         forwarder_stop = asyncio.Event()
@@ -138,12 +144,9 @@ class Gateway:
                     if self.config.outbox.synchronous == "normal"
                     else None
                 )
-                http = self.config.http
                 server = (
-                    group.create_task(
-                        serve(self, http.host, http.port, self._metrics_bound), name="metrics"
-                    )
-                    if http is not None
+                    group.create_task(serve(http_server), name="metrics")
+                    if http_server is not None
                     else None
                 )
                 for source in self.sources:
@@ -319,7 +322,9 @@ class Gateway:
                 events.extend(more)
                 held.extend(more_held)
             for record in held:
-                log.warning(
+                # A lasting violation is said once when it opens; its updates at debug.
+                log.log(
+                    logging.DEBUG if record.continues else logging.WARNING,
                     "quarantined kind=%s subject=%s rule=%s reason=%s id=%s trace=%s",
                     record.kind,
                     record.subject,

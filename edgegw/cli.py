@@ -264,6 +264,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check":
             _check_broker_credentials(config)
             _check_state_dir(args.config, config)
+            from edgegw.config.advice import config_warnings
+
+            for warning in config_warnings(args.config, config):
+                print(warning, file=sys.stderr)
             count = sum(len(source.tags) for source in config.data_sources())
             print(f"{args.config}: ok ({len(config.sources)} sources, {count} tags)")
             return 0
@@ -291,11 +295,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"edgegw {args.command}: {exc}", file=sys.stderr)
         return EX_CONFIG if args.command == "check" else EX_CANTCREAT
     except EdgeGwError as exc:
-        print(f"edgegw: {exc}", file=sys.stderr)
+        print(f"edgegw {args.command}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    except BaseExceptionGroup as group:
+        # A task group's failure: a plain error of ours inside it is one line, not a traceback.
+        if group.subgroup(EdgeGwError) is not group:
+            raise
+        for leaf in _leaves(group):
+            print(f"edgegw {args.command}: {leaf}", file=sys.stderr)
+        return 1
     raise AssertionError(f"unhandled command {args.command}")
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    leaves: list[BaseException] = []
+    for exc in group.exceptions:
+        leaves.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return leaves
 
 
 _NEEDS_CONFIG = {"run", "check", "status", "outbox", "quarantine"}

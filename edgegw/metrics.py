@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import os
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from edgegw import __version__
-from edgegw.errors import OutboxError
+from edgegw.errors import EdgeGwError, OutboxError
 
 if TYPE_CHECKING:
     from edgegw.app import Gateway
@@ -35,6 +36,7 @@ FAMILIES: dict[str, str] = {
     "edgegw_publish_refused_total": "counter",
     "edgegw_outbox_dropped_total": "counter",
     "edgegw_outbox_duplicates_total": "counter",
+    "edgegw_event_conflicts_total": "counter",
     "edgegw_intake_waits_total": "counter",
     "edgegw_outbox_alarm": "gauge",
     "edgegw_outbox_recovered_from_corruption": "gauge",
@@ -48,6 +50,7 @@ FAMILIES: dict[str, str] = {
     "edgegw_source_availability_ratio": "gauge",
     "edgegw_source_outages_total": "counter",
     "edgegw_mttr_seconds": "gauge",
+    "edgegw_tags_bad": "gauge",
     "edgegw_config_reloads_total": "counter",
     "edgegw_device_reads_total": "counter",
     "edgegw_device_errors_total": "counter",
@@ -110,6 +113,12 @@ def render_metrics(gateway: Gateway, oldest_created: float | None) -> str:
         outbox.duplicates,
     )
     one(
+        "edgegw_event_conflicts_total",
+        "Business events detected again with other data than was sent under their key "
+        "(held in the quarantine with rule conflict).",
+        outbox.conflicts,
+    )
+    one(
         "edgegw_intake_waits_total",
         "Times intake waited for the forwarder: reading outpaced sending (CPU overload).",
         forwarder.intake_waits,
@@ -155,6 +164,7 @@ def render_metrics(gateway: Gateway, oldest_created: float | None) -> str:
             "edgegw_source_availability_ratio",
             "edgegw_source_outages_total",
             "edgegw_mttr_seconds",
+            "edgegw_tags_bad",
         )
     }
     for source in gateway.sources:
@@ -167,8 +177,10 @@ def render_metrics(gateway: Gateway, oldest_created: float | None) -> str:
             ("edgegw_source_availability_ratio", status.availability(now)),
             ("edgegw_source_outages_total", status.outages),
             ("edgegw_mttr_seconds", status.mttr()),
+            ("edgegw_tags_bad", len(status.bad_tags)),
         ):
-            per_source[family].append((label, value))
+            if value is not None:
+                per_source[family].append((label, value))
     help_texts = {
         "edgegw_source_up": "1 while the source is connected.",
         "edgegw_reads_total": "Answered requests per source.",
@@ -176,8 +188,10 @@ def render_metrics(gateway: Gateway, oldest_created: float | None) -> str:
         "edgegw_source_availability_ratio": "Share of the time since start the source was up.",
         "edgegw_source_outages_total": "Times the source went down (or failed its first "
         "connection).",
-        "edgegw_mttr_seconds": "Mean time from a source going down to its recovery (0 until "
-        "it recovered once).",
+        "edgegw_mttr_seconds": "Mean time from a source going down to its recovery (absent "
+        "until it recovered once).",
+        "edgegw_tags_bad": "Tags that cannot be read while their source is up (an address the "
+        "PLC lacks, a node the server does not know): edgegw status names them.",
     }
     for family, samples in per_source.items():
         metric(family, help_texts[family], samples)
@@ -225,6 +239,13 @@ def snapshot(gateway: Gateway, oldest_created: float | None) -> dict[str, Any]:
         for s in gateway.sources
         if not s.status.connected
     ]
+    failing.extend(
+        f"source {s.name}: {len(s.status.bad_tags)} tag(s) cannot be read: "
+        + "; ".join(f"{tag} ({why})" for tag, why in sorted(s.status.bad_tags.items())[:5])
+        + ("; ..." if len(s.status.bad_tags) > 5 else "")
+        for s in gateway.sources
+        if s.status.connected and s.status.bad_tags
+    )
     for source in gateway.sources:
         failing.extend(
             f"device {d.name} ({source.name} unit {d.unit}): {d.last_error}"
@@ -270,9 +291,10 @@ def snapshot(gateway: Gateway, oldest_created: float | None) -> dict[str, Any]:
                 "errors_per_second": rates.get(f"errors:{s.name}", 0.0),
                 "availability": round(s.status.availability(now), 4),
                 "outages": s.status.outages,
-                "mttr_seconds": round(s.status.mttr(), 1),
+                "mttr_seconds": _rounded(s.status.mttr()),
                 "down_for_seconds": round(s.status.down_for(now), 1),
                 "last_error": s.status.last_error,
+                "bad_tags": dict(sorted(s.status.bad_tags.items())),
                 "devices": {
                     d.name: {
                         "unit": d.unit,
@@ -290,6 +312,10 @@ def snapshot(gateway: Gateway, oldest_created: float | None) -> dict[str, Any]:
     }
 
 
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 1)
+
+
 def device_statuses(source: Source) -> list[DeviceStatus]:
     """The unit ids of a Modbus line; none for other sources."""
     statuses: list[DeviceStatus] = getattr(source, "device_statuses", [])
@@ -303,44 +329,61 @@ async def _oldest_created(gateway: Gateway) -> float | None:
         return None
 
 
-async def serve(gateway: Gateway, host: str, port: int, ready: Callable[[int], None]) -> None:
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            request = await asyncio.wait_for(reader.readline(), 5.0)
-            parts = request.decode("latin-1").split()
-            path = parts[1] if len(parts) >= 2 else ""
-            if parts and parts[0] != "GET":
-                status, body, kind = 405, b"GET only\n", "text/plain"
-            elif path == "/metrics":
-                oldest = await _oldest_created(gateway)
-                status, body = 200, render_metrics(gateway, oldest).encode()
-                kind = "text/plain; version=0.0.4"
-            elif path == "/healthz":
-                state = snapshot(gateway, await _oldest_created(gateway))
-                status = 200 if state["status"] == "ok" else 503
-                body = orjson.dumps(state)
-                kind = "application/json"
-            else:
-                status, body, kind = 404, b"try /metrics or /healthz\n", "text/plain"
-            reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed"}.get(
-                status, "Service Unavailable"
-            )
-            writer.write(
-                f"HTTP/1.1 {status} {reason}\r\nContent-Type: {kind}\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
-                + body
-            )
-            await writer.drain()
-        except (TimeoutError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
+async def start_http(gateway: Gateway, host: str, port: int) -> asyncio.Server:
+    """Bind /metrics and /healthz, or say plainly why not (before any task group turns the
+    OSError into a 39-line ExceptionGroup)."""
+    try:
+        return await asyncio.start_server(lambda r, w: _handle(gateway, r, w), host, port)
+    except OSError as exc:
+        # asyncio's text repeats the address; the errno's own words are enough.
+        why = os.strerror(exc.errno) if exc.errno else str(exc)
+        hint = (
+            ": another process listens there (another edgegw?); choose a free port"
+            if exc.errno == errno.EADDRINUSE
+            else ""
+        )
+        raise EdgeGwError(f"http.listen {host}:{port}: cannot listen: {why}{hint}") from None
 
-    server = await asyncio.start_server(handle, host, port)
-    bound = server.sockets[0].getsockname()[1]
-    log.info("metrics on http://%s:%d/metrics and /healthz", host, bound)
-    ready(bound)
+
+async def serve(server: asyncio.Server) -> None:
+    bound = server.sockets[0].getsockname()
+    log.info("metrics on http://%s:%d/metrics and /healthz", bound[0], bound[1])
     async with server:
         await server.serve_forever()
+
+
+async def _handle(
+    gateway: Gateway, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    try:
+        request = await asyncio.wait_for(reader.readline(), 5.0)
+        parts = request.decode("latin-1").split()
+        path = parts[1] if len(parts) >= 2 else ""
+        if parts and parts[0] != "GET":
+            status, body, kind = 405, b"GET only\n", "text/plain"
+        elif path == "/metrics":
+            oldest = await _oldest_created(gateway)
+            status, body = 200, render_metrics(gateway, oldest).encode()
+            kind = "text/plain; version=0.0.4"
+        elif path == "/healthz":
+            state = snapshot(gateway, await _oldest_created(gateway))
+            status = 200 if state["status"] == "ok" else 503
+            body = orjson.dumps(state)
+            kind = "application/json"
+        else:
+            status, body, kind = 404, b"try /metrics or /healthz\n", "text/plain"
+        reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed"}.get(
+            status, "Service Unavailable"
+        )
+        writer.write(
+            f"HTTP/1.1 {status} {reason}\r\nContent-Type: {kind}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+            + body
+        )
+        await writer.drain()
+    except (TimeoutError, ConnectionError):
+        pass
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()

@@ -30,6 +30,12 @@ class StateLock:
     def __init__(self, fds: list[int]) -> None:
         self._fds = fds
 
+    def note_endpoint(self, url: str) -> None:
+        """Write the HTTP endpoint the gateway serves beside its PID: `edgegw status` asks
+        that one, even when the config file now names another port (a refused reload)."""
+        if self._fds:
+            os.pwrite(self._fds[0], f"{os.getpid()}\n{url}\n".encode(), 0)
+
     def release(self) -> None:
         for fd in self._fds:
             with contextlib.suppress(OSError):
@@ -90,10 +96,29 @@ def _lock_one(path: str) -> int:
 
 def _read_pid(fd: int) -> int | None:
     try:
-        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").split("\n")[0].strip()
     except OSError:
         return None
     return int(text) if text.isdigit() else None
+
+
+def running_endpoint(state_dir: str) -> str | None:
+    """The HTTP endpoint of the gateway running on `state_dir`, or None when none runs there
+    (nobody holds the lock) or it serves no HTTP."""
+    path = os.path.join(os.path.abspath(state_dir), LOCK_NAME)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            lines = os.pread(fd, 512, 0).decode("utf-8", "replace").split("\n")
+            return (lines[1].strip() or None) if len(lines) > 1 else None
+        return None  # we got the lock: no gateway holds it
+    finally:
+        os.close(fd)
 
 
 def directory_problem(directory: str) -> str | None:

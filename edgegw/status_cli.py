@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from edgegw.config.model import GatewayConfig
+from edgegw.statedir import running_endpoint
 
 EXIT_OK = 0
 EXIT_FAILING = 1  # running, but a source, the broker or the outbox is failing
@@ -17,17 +18,22 @@ EXIT_NOT_RUNNING = 3  # as `systemctl status`: the gateway does not answer
 
 
 def run_status(config: GatewayConfig, config_path: str, *, as_json: bool) -> int:
-    if config.http is None:
+    # The running gateway wrote where it listens beside its PID: after a refused reload the
+    # file may name another port than the one it serves.
+    endpoint = running_endpoint(config.gateway.state_dir)
+    if endpoint is None and config.http is not None:
+        host = config.http.host
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        endpoint = f"http://{host}:{config.http.port}"
+    if endpoint is None:
         print(
             f"edgegw status reads the running gateway's HTTP endpoint; {config_path} has no "
             "'http: {listen: 127.0.0.1:9108}'",
             file=sys.stderr,
         )
         return _offline(config)
-    host = config.http.host
-    if host in ("0.0.0.0", "::", ""):
-        host = "127.0.0.1"
-    url = f"http://{host}:{config.http.port}/healthz"
+    url = f"{endpoint}/healthz"
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
             body = response.read()
@@ -86,17 +92,25 @@ def render_status(state: dict[str, Any]) -> str:
     rows = [("SOURCE", "STATE", "READS/S", "ERRORS/S", "AVAIL", "OUTAGES", "MTTR", "LAST ERROR")]
     for name, source in state["sources"].items():
         down = source["down_for_seconds"]
+        bad_tags = source.get("bad_tags", {})
+        shown = "up" if source["up"] else f"DOWN {_duration(down)}" if down else "DOWN"
+        if source["up"] and bad_tags:
+            shown = f"up, {len(bad_tags)} BAD TAG{'S' * (len(bad_tags) > 1)}"
+        mttr = source["mttr_seconds"]
         rows.append(
             (
                 name,
-                "up" if source["up"] else f"DOWN {_duration(down)}" if down else "DOWN",
+                shown,
                 f"{source['reads_per_second']:g}",
                 f"{source['errors_per_second']:g}",
                 f"{100 * source['availability']:.1f}%",
                 str(source["outages"]),
-                _duration(source["mttr_seconds"]) if source["outages"] else "-",
+                "-" if mttr is None else _duration(mttr),
                 source["last_error"] or "-",
             )
+        )
+        rows.extend(
+            (f"  tag {tag}", "BAD", "", "", "", "", "", why) for tag, why in bad_tags.items()
         )
         for device_name, device in source.get("devices", {}).items():
             errors = sum(device["errors"].values())

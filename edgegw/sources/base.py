@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Protocol
 
 from edgegw.reading import Reading
+
+log = logging.getLogger("edgegw.sources")
 
 
 class SourceStatus:
@@ -22,6 +25,7 @@ class SourceStatus:
         "_outage_since",
         "_seen_up",
         "_up_seconds",
+        "bad_tags",
         "errors",
         "last_error",
         "last_latency",
@@ -52,6 +56,9 @@ class SourceStatus:
         self._up_seconds = 0.0  # summed length of the ended up periods
         self._outage_since: float | None = None
         self._seen_up = False  # connected at least once
+        # Tags that cannot be read while the source itself is up (an address the PLC lacks,
+        # a node the server does not know), with why: a source with such tags is not "ok".
+        self.bad_tags: dict[str, str] = {}
 
     @property
     def connected(self) -> bool:
@@ -67,6 +74,10 @@ class SourceStatus:
                 self.outages += 1
             return
         if value:
+            if not self._seen_up and self._outage_since is None:
+                # A first connection that succeeds: the time it took is no downtime, so the
+                # books start now (else 1 s of connecting read as 95 % after 20 s).
+                self.started = now
             self._seen_up = True
             if self._outage_since is not None:
                 self.repairs += 1
@@ -96,8 +107,28 @@ class SourceStatus:
         self.last_error = reason
         return news
 
+    def tag_failed(self, tag: str, reason: str, address: str) -> None:
+        """A tag that cannot be read; a warning names it the first time (and when the reason
+        changes), never at every poll."""
+        if self.bad_tags.get(tag) == reason:
+            return
+        self.bad_tags[tag] = reason
+        log.warning(
+            "tag cannot be read source=%s tag=%s address=%s reason=%s",
+            self.name,
+            tag,
+            address,
+            reason,
+        )
+
+    def tag_read(self, tag: str) -> None:
+        """A tag that failed reads again."""
+        if self.bad_tags.pop(tag, None) is not None:
+            log.info("tag reads again source=%s tag=%s", self.name, tag)
+
     def availability(self, now: float | None = None) -> float:
-        """Share of the time since the source started that it was connected (1.0 at start)."""
+        """Share of the time since the source's first connection (or, when that failed, since
+        its start) that it was connected (1.0 at start)."""
         now = time.monotonic() if now is None else now
         observed = now - self.started
         if observed <= 0:
@@ -105,9 +136,10 @@ class SourceStatus:
         up = self._up_seconds + (now - self._changed if self._connected else 0.0)
         return min(1.0, up / observed)
 
-    def mttr(self) -> float:
-        """Mean seconds from going down to connecting again, over ended outages; 0 if none."""
-        return self.repair_seconds / self.repairs if self.repairs else 0.0
+    def mttr(self) -> float | None:
+        """Mean seconds from going down to connecting again, over ended outages; None until
+        an outage has ended (a source down since its start has no repair time yet)."""
+        return self.repair_seconds / self.repairs if self.repairs else None
 
     def down_for(self, now: float | None = None) -> float:
         """Seconds the current outage has lasted; 0 while connected."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -136,3 +137,50 @@ async def test_two_gateways_with_one_client_id_back_off(
     assert all("reconnecting with growing delays" in w for w in warnings)
     reasons = " ".join(warnings)
     assert "same client id 'edgegw-shared-id'" in reasons or "session taken over" in reasons
+
+
+def test_an_http_port_in_use_is_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        data = config_dict(tmp_path / "state", 1883, 502, bench_tags(1))
+        data["http"] = {"listen": f"127.0.0.1:{port}"}
+        ran = _edgegw("run", "-c", str(write_config(tmp_path / "gw.yaml", data)))
+    assert ran.returncode == 1, ran.stderr
+    assert ran.stderr.strip().splitlines()[-1] == (
+        f"edgegw run: http.listen 127.0.0.1:{port}: cannot listen: Address already in use: "
+        "another process listens there (another edgegw?); choose a free port"
+    )
+    assert "Traceback" not in ran.stderr
+    assert "ExceptionGroup" not in ran.stderr
+
+
+async def test_status_asks_the_running_gateway_even_after_a_refused_reload(
+    tmp_path: Path, mosquitto: Mosquitto, plc: ModbusPlc
+) -> None:
+    data = config_dict(tmp_path / "state", mosquitto.port, plc.port, bench_tags(1))
+    data["http"] = {"listen": "127.0.0.1:0"}  # the file cannot tell the port: the lock can
+    config = write_config(tmp_path / "gw.yaml", data)
+    gateway = await GatewayProcess(config).start()
+    try:
+        await until(lambda: gateway.starts() == 1, 60, "the gateway to start")
+        first = await asyncio.to_thread(_edgegw, "status", "-c", str(config))
+        assert first.returncode in (0, 1), first.stderr
+        assert "gateway test-gw" in first.stdout
+        data["http"] = {"listen": "127.0.0.1:1"}  # a restart-only change: refused on SIGHUP
+        write_config(config, data)
+        gateway.signal(signal.SIGHUP)
+        await until(
+            lambda: any("reload refused" in line.get("msg", "") for line in gateway.log()),
+            60,
+            "the reload to be refused",
+        )
+        after = await asyncio.to_thread(_edgegw, "status", "-c", str(config))
+        assert after.returncode in (0, 1), after.stderr
+        assert "gateway test-gw" in after.stdout
+    finally:
+        gateway.signal(signal.SIGTERM)
+        assert await gateway.wait(60) == 0
+    stopped = await asyncio.to_thread(_edgegw, "status", "-c", str(config))
+    assert stopped.returncode == 3, stopped.stderr

@@ -144,24 +144,56 @@ async def test_bad_status_is_never_good_and_recovers(plc: OpcUaPlc) -> None:
         assert all(r.value is None for r in got.readings if r.quality == "bad")
 
 
-async def test_a_missing_node_marks_only_its_tag_bad_and_is_retried(plc: OpcUaPlc) -> None:
+@pytest.mark.parametrize("mode", ["subscribe", "poll"])
+async def test_a_missing_node_marks_only_its_tag_bad_names_it_and_is_retried(
+    plc: OpcUaPlc, mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
     tags = [
         {"name": "frozen", "node": f"{NSU}Filler.Frozen"},
         {"name": "ghost", "node": f"{NSU}Filler.Ghost"},
         {"name": "elsewhere", "node": "nsu=urn:not:there;s=X"},
     ]
-    async with collecting(source_config(plc.url, tags)) as got:
+    async with collecting(source_config(plc.url, tags, mode=mode)) as got:
         await until(lambda: got.latest("frozen") is not None, 10, "frozen")
         await until(lambda: len([r for r in got.readings if r.tag == "ghost"]) >= 2, 10, "retry")
         frozen, ghost, elsewhere = (got.latest(t) for t in ("frozen", "ghost", "elsewhere"))
         assert frozen is not None
         assert (frozen.value, frozen.quality) == (42.5, "good")
         assert ghost is not None
-        assert (ghost.quality, ghost.reason) == ("bad", "BadNodeIdUnknown")
+        assert ghost.quality == "bad"
+        no_node = (
+            f"the server has no node {NSU}Filler.Ghost (BadNodeIdUnknown); check the id with "
+            "edgegw browse"
+        )
+        assert ghost.reason == no_node
         assert elsewhere is not None
         assert elsewhere.quality == "bad"
         assert elsewhere.reason is not None
         assert "urn:not:there" in elsewhere.reason
+        # Named in the source's books (status, /healthz, /metrics read them) and the log.
+        status = got.source.status
+        assert status.connected
+        assert status.bad_tags == {"ghost": no_node, "elsewhere": elsewhere.reason}
+    named = [r.getMessage() for r in caplog.records if "tag cannot be read" in r.getMessage()]
+    assert any(f"tag=ghost address={NSU}Filler.Ghost reason={no_node}" in line for line in named), (
+        named
+    )
+    assert any("tag=elsewhere address=nsu=urn:not:there;s=X" in line for line in named), named
+    assert len(named) == 2, "said once per tag, not at every retry"
+
+
+async def test_a_refused_connection_names_the_address(unused_tcp_port: int) -> None:
+    url = f"opc.tcp://127.0.0.1:{unused_tcp_port}/x"
+    source = OpcUaSource(source_config(url, [{"name": "a", "node": f"{NSU}Filler.Frozen"}]))
+    batches = source.batches()
+    try:
+        batch = await asyncio.wait_for(anext(batches), 30)
+    finally:
+        await batches.aclose()
+    assert {r.reason for r in batch} == {
+        f"cannot connect to 127.0.0.1:{unused_tcp_port}: connection refused"
+    }
+    assert source.status.last_error == batch[0].reason
 
 
 @pytest.mark.parametrize("mode", ["subscribe", "poll"])

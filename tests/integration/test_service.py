@@ -62,7 +62,7 @@ async def test_metrics_and_health_follow_a_plc_outage(
         assert samples(body, "edgegw_broker_up") == {"": 1}
         assert samples(body, "edgegw_published_total")[""] > 40
         assert samples(body, "edgegw_source_availability_ratio")['{source="plc"}'] > 0.5
-        assert samples(body, "edgegw_mttr_seconds") == {'{source="plc"}': 0}
+        assert samples(body, "edgegw_mttr_seconds") == {}  # no repair yet: no figure
         assert 0 <= samples(body, "edgegw_outbox_oldest_age_seconds")[""] < 10
         latency = samples(body, "edgegw_e2e_latency_seconds_count")[""]
         assert latency > 40

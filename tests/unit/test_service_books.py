@@ -56,8 +56,8 @@ def test_availability_and_mttr_over_two_outages(clock: Clock) -> None:
     clock.now += 10
     assert status.outages == 2
     assert status.mttr() == pytest.approx(10.0)
-    # up 9 + 10 + 10 of 50 s observed (the first second was the connect)
-    assert status.availability() == pytest.approx(29 / 50)
+    # up 9 + 10 + 10 of 49 s observed: the first second was the connect, not an outage
+    assert status.availability() == pytest.approx(29 / 49)
     assert status.down_for() == 0
 
 
@@ -68,7 +68,7 @@ def test_a_failed_first_connection_is_an_outage_from_the_start(clock: Clock) -> 
     clock.now += 4
     assert status.outages == 1
     assert status.down_for() == pytest.approx(7)
-    assert status.mttr() == 0  # not repaired yet
+    assert status.mttr() is None  # not repaired yet: no figure, not 0 s
     status.connected = True
     assert status.mttr() == pytest.approx(7)
     assert status.availability() == 0
@@ -102,6 +102,16 @@ def test_reload_diff_names_sources_and_what_needs_a_restart(tmp_path: Path) -> N
     assert changes.mqtt
 
     assert diff_configs(build_config(old), build_config(copy.deepcopy(old))).empty
+
+
+def test_connecting_at_start_is_no_downtime(clock: Clock) -> None:
+    status = SourceStatus("plc")
+    clock.now += 1.5  # the first connection takes its time, and succeeds
+    status.connected = True
+    clock.now += 12.5
+    assert status.availability() == 1.0
+    assert status.outages == 0
+    assert status.mttr() is None
 
 
 def test_a_deliberate_stop_is_no_outage(clock: Clock) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -26,6 +28,10 @@ from edgegw.sources.modbus.plan import ReadBlock, plan_reads
 from edgegw.sources.modbus.rtu import exception_reason
 
 log = logging.getLogger(__name__)
+
+ILLEGAL_DATA_ADDRESS = 2
+# Exceptions that are about the request, not the device: the tags it named cannot be read.
+TAG_EXCEPTIONS = (1, 2, 3)  # illegal function, data address, data value
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +69,38 @@ def plan_device(device: DeviceView) -> list[PlannedBlock]:
         decoder = BlockDecoder([layout for _, layout in layouts])
         planned.append(PlannedBlock(block, tuple(layouts), tuple(bits), names, decoder))
     return planned
+
+
+def split_block(view: DeviceView, planned: PlannedBlock, source: str) -> list[PlannedBlock]:
+    """Exception 2 on a coalesced block: one tag names an address the device lacks. Its tags
+    are read apart from now on, so the others still read and the bad one is named."""
+    pieces = plan_device(dataclasses.replace(view, tags=list(planned.block.tags), max_gap=-1))
+    log.warning(
+        "illegal data address in a coalesced read; reading its %d tags apart source=%s "
+        "device=%s table=%s start=%d count=%d",
+        len(planned.tag_names),
+        source,
+        view.name,
+        planned.block.table,
+        planned.block.start,
+        planned.block.count,
+    )
+    return pieces
+
+
+def refused_tags(status: SourceStatus, planned: PlannedBlock, reason: str, prefix: str = "") -> str:
+    """The device refused a request for these tags: name each, and return the source's last
+    error with the tags in it."""
+    for tag in planned.block.tags:
+        status.tag_failed(f"{prefix}{tag.name}", reason, str(tag.address))
+    names = ", ".join(prefix + name for name in planned.tag_names)
+    return f"{names}: {reason}"
+
+
+def tags_read(status: SourceStatus, planned: PlannedBlock, prefix: str = "") -> None:
+    if status.bad_tags:  # the common case costs one test per block
+        for name in planned.tag_names:
+            status.tag_read(prefix + name)
 
 
 class ModbusSource:
@@ -126,9 +164,13 @@ class ModbusSource:
             connected = await asyncio.wait_for(client.connect(), config.timeout + 1.0)
         except (TimeoutError, OSError, ModbusException) as exc:
             connected = False
-            reason = f"cannot connect to {config.host}:{config.port}: {exc or type(exc).__name__}"
+            cause = _cause(exc, config.timeout)
         else:
-            reason = f"cannot connect to {config.host}:{config.port}"
+            # pymodbus returns False and keeps the cause to itself (it logs it): ask once more.
+            cause = (
+                "" if connected else await _connect_cause(config.host, config.port, config.timeout)
+            )
+        reason = f"cannot connect to {config.host}:{config.port}{cause}"
         if not connected:
             client.close()
             self._mark_down(reason)
@@ -156,7 +198,10 @@ class ModbusSource:
 
     async def _poll_once(self) -> list[Reading]:
         readings: list[Reading] = []
-        for planned in self.blocks:
+        index = 0
+        while index < len(self.blocks):
+            planned = self.blocks[index]
+            index += 1
             client = self._client
             if client is None:
                 readings.extend(self._bad_block(planned, self.status.last_error or "disconnected"))
@@ -175,12 +220,22 @@ class ModbusSource:
                 continue
             self.status.last_latency = time.monotonic() - started
             if response.isError():
-                reason = exception_reason(int(getattr(response, "exception_code", 0)))
+                code = int(getattr(response, "exception_code", 0))
+                reason = exception_reason(code)
+                if code == ILLEGAL_DATA_ADDRESS and len(planned.tag_names) > 1:
+                    pieces = split_block(self.device, planned, self.name)
+                    if len(pieces) > 1:  # tags sharing one register cannot be split apart
+                        index -= 1
+                        self.blocks[index : index + 1] = pieces
+                        continue  # read the pieces now
                 self.status.errors += 1
-                self.status.last_error = reason
+                self.status.last_error = (
+                    refused_tags(self.status, planned, reason) if code in TAG_EXCEPTIONS else reason
+                )
                 readings.extend(self._bad_block(planned, reason))
                 continue
             self.status.reads += 1
+            tags_read(self.status, planned)
             readings.extend(self._decode(planned, response))
         return readings
 
@@ -231,3 +286,25 @@ class ModbusSource:
             else:
                 out.append(Reading(name_, tag, value, "good", now, now))
         return out
+
+
+def _cause(exc: BaseException, timeout: float) -> str:
+    if isinstance(exc, TimeoutError):
+        return f": no answer within {timeout:g}s"
+    if isinstance(exc, ConnectionRefusedError):
+        return ": connection refused (is the PLC's Modbus server on this port?)"
+    if isinstance(exc, OSError) and exc.strerror:
+        return f": {exc.strerror.lower()}"
+    text = str(exc)
+    return f": {text}" if text else f": {type(exc).__name__}"
+
+
+async def _connect_cause(host: str, port: int, seconds: float) -> str:
+    try:
+        _reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), seconds)
+    except (OSError, TimeoutError) as exc:
+        return _cause(exc, seconds)
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return ": the connection was accepted, then closed"

@@ -12,7 +12,6 @@ one dead device costs the bus one timeout per retry instead of one per poll.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -24,13 +23,20 @@ from edgegw.sources.base import SourceStatus
 from edgegw.sources.modbus.channel import Channel, ChannelClosed, SerialChannel, TcpChannel
 from edgegw.sources.modbus.config import BIT_TABLES, DeviceView, ModbusSourceConfig
 from edgegw.sources.modbus.decode import DecodeError
-from edgegw.sources.modbus.driver import PlannedBlock, plan_device
+from edgegw.sources.modbus.driver import (
+    ILLEGAL_DATA_ADDRESS,
+    TAG_EXCEPTIONS,
+    PlannedBlock,
+    plan_device,
+    refused_tags,
+    split_block,
+    tags_read,
+)
 from edgegw.sources.modbus.mbap import MbapMaster
 from edgegw.sources.modbus.rtu import ExceptionReply, NoReply, RtuError, RtuMaster
 
 log = logging.getLogger(__name__)
 
-ILLEGAL_DATA_ADDRESS = 2
 GATEWAY_NO_TARGET = (10, 11)  # gateway path unavailable, target device failed to respond
 
 
@@ -221,11 +227,15 @@ class ModbusLine:
                 status.failures = 0
                 self._answered(device)
                 if exc.code == ILLEGAL_DATA_ADDRESS and len(planned.tag_names) > 1:
-                    pieces = self._split(device, planned)
+                    pieces = split_block(view, planned, self.name)
                     if len(pieces) > 1:  # tags sharing one register cannot be split apart
                         device.blocks[index : index + 1] = pieces
                         continue  # read the pieces now
                 self._failed(status, exc.kind, str(exc))
+                if exc.code in TAG_EXCEPTIONS:
+                    self.status.last_error = refused_tags(
+                        self.status, planned, str(exc), f"{view.name}/"
+                    )
                 readings.extend(self._bad(view, planned.tag_names, str(exc)))
             except RtuError as exc:
                 self._failed(status, exc.kind, str(exc))
@@ -239,6 +249,7 @@ class ModbusLine:
                 self.status.reads += 1
                 status.last_response = reply.seconds
                 self.status.last_latency = reply.seconds
+                tags_read(self.status, planned, f"{view.name}/")
                 readings.extend(self._decode(view, planned, reply.data))
             index += 1
         return readings
@@ -289,24 +300,6 @@ class ModbusLine:
             f"(unit {device.view.unit}); "
             f"asked every {self.config.breaker.retry:g}s until it answers"
         )
-
-    def _split(self, device: _Device, planned: PlannedBlock) -> list[PlannedBlock]:
-        """Exception 2 on a coalesced block: one tag names an address the device lacks. Read
-        its tags apart from now on, so the others still read."""
-        pieces = plan_device(
-            dataclasses.replace(device.view, tags=list(planned.block.tags), max_gap=-1)
-        )
-        log.warning(
-            "illegal data address in a coalesced read; reading its %d tags apart source=%s "
-            "device=%s table=%s start=%d count=%d",
-            len(planned.tag_names),
-            self.name,
-            device.view.name,
-            planned.block.table,
-            planned.block.start,
-            planned.block.count,
-        )
-        return pieces
 
     # -- readings ------------------------------------------------------------------------------
     def _decode(self, view: DeviceView, planned: PlannedBlock, data: bytes) -> list[Reading]:

@@ -20,11 +20,13 @@ import random
 import time
 from collections.abc import AsyncIterator
 from typing import Final
+from urllib.parse import urlsplit
 
 from asyncua import ua
 from asyncua.client.client import Client
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.object_ids import ObjectIds
+from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.uaerrors import UaError
 
 from edgegw.backoff import Backoff
@@ -49,6 +51,15 @@ KEEPALIVE_SECONDS: Final = 5.0
 STABLE_SECONDS: Final = 30.0
 """A connection that lasted this long resets the reconnect backoff."""
 _LOST: Final = None
+UNREADABLE: Final = {
+    StatusCodes.BadNodeIdUnknown: "the server has no node {node} ({code}); check the id "
+    "with edgegw browse",
+    StatusCodes.BadNodeIdInvalid: "{node} is not a valid node id on this server ({code})",
+    StatusCodes.BadAttributeIdInvalid: "{node} has no value: is it a variable? ({code})",
+    StatusCodes.BadNotReadable: "{node} is not readable ({code})",
+    StatusCodes.BadUserAccessDenied: "{node} may not be read by this user ({code})",
+}
+"""Status codes that say a tag's node cannot be read at all (not that its value is bad)."""
 
 
 class SessionLost(Exception):
@@ -65,6 +76,8 @@ class OpcUaSource:
         self.client_name = client_name
         self._factory: SessionFactory | None = None
         self._tag_names = [tag.name for tag in config.tags]
+        self._node_text = {tag.name: str(tag.node) for tag in config.tags}
+        self._endpoint = urlsplit(config.url).netloc or config.url
         # Handles start at a random base: notifications of a subscription that is not ours
         # (a takeover gone wrong) then match no tag instead of the same position in our list.
         base = random.randrange(1 << 20, 1 << 30)
@@ -96,8 +109,10 @@ class OpcUaSource:
         try:
             while True:
                 transferred = self.transfers
+                connecting = True
                 try:
                     client = await self._open()
+                    connecting = False
                     initial = await self._start(client)
                 except Exception as exc:
                     if client is not None:
@@ -108,6 +123,10 @@ class OpcUaSource:
                             await close_quietly(client)
                         client = None
                     reason = describe_error(exc)
+                    if connecting:
+                        reason = f"cannot connect to {self._endpoint}: {reason}"
+                    else:
+                        reason = f"{self._endpoint}: {reason}"
                     if self._mark_down(reason):
                         yield self._all_bad(reason)
                     await asyncio.sleep(backoff.next_delay())
@@ -119,7 +138,7 @@ class OpcUaSource:
                     while True:
                         yield await self._next_batch(client)
                 except (SessionLost, OSError, TimeoutError, UaError) as exc:
-                    reason = describe_error(exc)
+                    reason = f"connection to {self._endpoint} lost: {describe_error(exc)}"
                 drop_transport(client)
                 client = None
                 # What arrived before the loss is real data: hand it on before the bad marks.
@@ -127,7 +146,7 @@ class OpcUaSource:
                 if pending:
                     yield pending
                 self._mark_down(reason)
-                yield self._all_bad(f"connection lost: {reason}")
+                yield self._all_bad(reason)
                 if time.monotonic() - connected_at >= STABLE_SECONDS:
                     backoff.reset()
                 await asyncio.sleep(backoff.next_delay())
@@ -179,7 +198,9 @@ class OpcUaSource:
         self.status.connected = True
         self.status.last_error = None
         self._last_publish = time.monotonic()
-        log.info(
+        self._report_failed()
+        log.log(
+            logging.WARNING if self._failed else logging.INFO,
             "source connected source=%s url=%s mode=%s nodes=%d failed=%d",
             self.name,
             self.config.url,
@@ -283,7 +304,7 @@ class OpcUaSource:
                 if result.StatusCode.is_good():
                     self._failed.pop(tag, None)
                 else:
-                    self._failed[tag] = result.StatusCode.name
+                    self._failed[tag] = self._words(tag, result.StatusCode)
 
     async def _take_over(self, client: Client) -> list[Reading] | None:
         """Transfer the old subscription and check that it really publishes to us.
@@ -449,6 +470,7 @@ class OpcUaSource:
             # Poll mode reads them with the next poll; a node still unknown reports itself.
             for tag in ready:
                 self._failed.pop(tag, None)
+        self._report_failed()
         now = time.time()
         return [
             Reading(self.name, tag, None, "bad", now, now, self._failed[tag])
@@ -491,10 +513,7 @@ class OpcUaSource:
             values = await client.uaclient.read(params)
             self.status.reads += 1
             now = time.time()
-            readings.extend(
-                reading_of(self.name, tag, value, now)
-                for tag, value in zip(chunk, values, strict=True)
-            )
+            readings.extend(self._polled_readings(chunk, values, now))
         now = time.time()
         readings.extend(
             Reading(self.name, tag, None, "bad", now, now, reason)
@@ -503,6 +522,38 @@ class OpcUaSource:
         return readings
 
     # --- state ------------------------------------------------------------------------------
+
+    def _words(self, tag: str, code: ua.StatusCode) -> str:
+        node = self._node_text[tag]
+        template = UNREADABLE.get(code.value)
+        return template.format(node=node, code=code.name) if template else code.name
+
+    def _report_failed(self) -> None:
+        """Name each tag that cannot be read in the source's books (and the log, once)."""
+        status = self.status
+        for tag, reason in self._failed.items():
+            status.tag_failed(tag, reason, self._node_text[tag])
+        for tag in [t for t in status.bad_tags if t not in self._failed]:
+            status.tag_read(tag)
+
+    def _polled_readings(
+        self, chunk: list[str], values: list[ua.DataValue], now: float
+    ) -> list[Reading]:
+        """Poll mode: a node the server cannot read for us answers each read with a code
+        that names it in the source's books, in words."""
+        status = self.status
+        out: list[Reading] = []
+        for tag, value in zip(chunk, values, strict=True):
+            code = value.StatusCode
+            if code is not None and code.value in UNREADABLE:
+                reason = self._words(tag, code)
+                status.tag_failed(tag, reason, self._node_text[tag])
+                out.append(Reading(self.name, tag, None, "bad", now, now, reason))
+                continue
+            if status.bad_tags:
+                status.tag_read(tag)
+            out.append(reading_of(self.name, tag, value, now))
+        return out
 
     def _mark_down(self, reason: str) -> bool:
         """Record a failure; True when it is news (state or reason changed)."""
