@@ -13,30 +13,41 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import os
 import sqlite3
 import time
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 import aiosqlite
 import orjson
 
 from edgegw.errors import OutboxError, OutboxFull
-from edgegw.quarantine import QuarantineRecord
+from edgegw.quarantine import (
+    CONFLICT_RULE,
+    QuarantineRecord,
+    conflict_key,
+    data_digest,
+    describe_changes,
+    describe_key,
+)
 from edgegw.timefmt import iso_utc
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Version 3: the key's uniqueness is checked on (key_ts, id) instead of id alone. A telemetry id
 # is a hash of, among others, its source timestamp, so both refuse the same duplicates; but
 # an index on random ids takes its inserts and deletes all over the file (with a backlog of
 # 100,000 rows: 3 times the SQLite time per row, bench/README.md), while one led by the
 # timestamp grows at its end.
+# Version 4: `event_keys` remembers what was sent under each id (digest and data), so an
+# event detected again with other data is a conflict, not a duplicate; a quarantine record
+# has a count, last value and last time (a lasting violation is one record).
 _OUTBOX_TABLE = """
 CREATE TABLE IF NOT EXISTS outbox (
     seq     INTEGER PRIMARY KEY,      -- per-gateway sequence, assigned at commit
@@ -60,6 +71,18 @@ _MIGRATE_TO_V3 = (
     "PRAGMA user_version=3;\n"
     "COMMIT;\n"
 )
+# Columns version 4 adds to tables of version 2 and 3 (a table that is missing is created
+# whole by _SCHEMA). Keys remembered by an older edgegw have no digest: what was sent under
+# them is unknown, and an event detected again under such a key is taken for the same one
+# (not sent twice, as before), since nothing says it differs.
+_V4_COLUMNS = {
+    "event_keys": [("digest", "TEXT"), ("data", "BLOB")],
+    "quarantine": [
+        ("count", "INTEGER NOT NULL DEFAULT 1"),
+        ("last_value", "BLOB"),
+        ("last_ts", "REAL"),
+    ],
+}
 _SCHEMA = (
     _OUTBOX_TABLE
     + """
@@ -71,29 +94,45 @@ INSERT OR IGNORE INTO meta(name, value) VALUES ('last_seq', 0), ('dropped', 0);
 -- Version 2: business events and contracts.
 CREATE TABLE IF NOT EXISTS event_keys (  -- every event id ever committed, kept for max_age:
     id      TEXT PRIMARY KEY,            -- an event detected again (e.g. after a restart)
-    created REAL NOT NULL                -- is refused even after its row was delivered
+    created REAL NOT NULL,               -- is refused even after its row was delivered
+    digest  TEXT,                        -- v4: quarantine.data_digest of the data sent (NULL:
+    data    BLOB                         -- sent by an older edgegw); the data fields, JSON
 );
 CREATE TABLE IF NOT EXISTS quarantine (
     qid      INTEGER PRIMARY KEY AUTOINCREMENT,
-    id       TEXT NOT NULL,              -- the id the message would have had
-    kind     TEXT NOT NULL,              -- telemetry | event
+    id       TEXT NOT NULL,              -- the id the message would have had (a conflict:
+    kind     TEXT NOT NULL,              -- telemetry | event       the id of its release)
     subject  TEXT NOT NULL,              -- source.tag or event type
-    rule     TEXT NOT NULL,              -- range | values | sequence | contract
-    value    BLOB NOT NULL,              -- the offending value, JSON
+    rule     TEXT NOT NULL,              -- range | values | sequence | contract | conflict
+    value    BLOB NOT NULL,              -- the offending value, JSON (the first, if lasting)
     reason   TEXT NOT NULL,
     topic    TEXT NOT NULL,
     payload  BLOB,                       -- the event message, for release (events only)
     trace    TEXT NOT NULL,
-    ts       REAL NOT NULL,              -- source timestamp
+    ts       REAL NOT NULL,              -- source timestamp (the first, if lasting)
     created  REAL NOT NULL,
     released REAL,                       -- set by `edgegw quarantine release`; the gateway
-    UNIQUE (id, ts)                      -- then moves the event into the outbox
+                                         -- then moves the event into the outbox
+    count      INTEGER NOT NULL DEFAULT 1,  -- v4: violating readings in this record
+    last_value BLOB,                     -- v4: the latest of them, JSON
+    last_ts    REAL,                     -- v4: its source timestamp
+    UNIQUE (id, ts)
 );
 """
 )
+# A record with the id and ts of one already held is the same lasting violation: it adds its
+# count and becomes the last value (the first value and reason stay).
 _INSERT_QUARANTINE = (
-    "INSERT OR IGNORE INTO quarantine(id, kind, subject, rule, value, reason, topic, payload, "
-    "trace, ts, created) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+    "INSERT INTO quarantine(id, kind, subject, rule, value, reason, topic, payload, trace, ts, "
+    "created, count, last_value, last_ts) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+    "ON CONFLICT (id, ts) DO UPDATE SET count = count + excluded.count, "
+    "last_value = excluded.last_value, last_ts = excluded.last_ts"
+)
+# The same conflict detected again while its record waits (released or not: a release is
+# moved into the outbox by this process, under the same lock): one record, counted.
+_REPEAT_CONFLICT = (
+    "UPDATE quarantine SET count = count + 1, last_value = ?, last_ts = ? "
+    "WHERE id = ? AND rule = 'conflict'"
 )
 EVENT_SCHEMA_PREFIX = "edgegw.event/"
 GAP_SCHEMA = "edgegw.gap/1"
@@ -139,6 +178,30 @@ class StoredEvent(NamedTuple):
     def source_time(self) -> float:
         """When the value was taken at the source (events: when the gateway saw them)."""
         return self.key_ts / 1e6 if self.key_ts else self.created
+
+
+class _Again(NamedTuple):
+    """A business event detected again under an id committed before."""
+
+    payload: dict[str, Any]
+    ts: float  # the trigger's source timestamp
+    key: str
+    digest: str  # of its data
+    sent: tuple[str | None, Any]  # digest and data sent under the id (None: not known)
+    topic: str
+    broken: str | None = None  # the contract it breaks (a quarantined event)
+
+
+@dataclass(slots=True)
+class _Notes:
+    """What a commit found, counted and logged once it is committed."""
+
+    repeats: int = 0
+    conflicts: int = 0
+    lines: list[tuple[int, str, tuple[Any, ...]]] = field(default_factory=list)
+
+    def say(self, level: int, message: str, *args: Any) -> None:
+        self.lines.append((level, message, args))
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +255,8 @@ class Outbox:
         self.depth = 0
         self.dropped = 0
         self.duplicates = 0
-        self.known_events = 0  # business events refused because already committed once
+        self.known_events = 0  # business events not sent twice: detected again, same data
+        self.conflicts = 0  # business events detected again with other data (quarantined)
         self._next_seq = 1
         self._reserved = 0  # every seq assigned is <= this, recorded in the .seq file
         self.corrupt_moved_to: str | None = None
@@ -299,6 +363,8 @@ class Outbox:
             # One transaction: a crash during the copy leaves the version 2 file as it was.
             await db.executescript(_MIGRATE_TO_V3)
             log.info("outbox schema migrated from version %d to 3 path=%s", version, self.path)
+        if 0 < version < 4:
+            await self._migrate_to_v4(db, max(version, 3))
         await db.executescript(_SCHEMA)
         await db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         await db.commit()
@@ -306,6 +372,21 @@ class Outbox:
         (dropped,) = (await _fetch(db, "SELECT value FROM meta WHERE name='dropped'"))[0]
         max_seq, depth = (await _fetch(db, "SELECT max(seq), count(*) FROM outbox"))[0]
         return int(last_meta), int(dropped), max_seq, int(depth)
+
+    async def _migrate_to_v4(self, db: aiosqlite.Connection, version: int) -> None:
+        """Add the version 4 columns in one transaction: a crash leaves version 3 as it was."""
+        statements = []
+        for table, columns in _V4_COLUMNS.items():
+            have = {row[1] for row in await _fetch(db, f"PRAGMA table_info({table})")}
+            if not have:
+                continue  # created whole by _SCHEMA
+            statements += [
+                f"ALTER TABLE {table} ADD COLUMN {name} {kind};"
+                for name, kind in columns
+                if name not in have
+            ]
+        await db.executescript("BEGIN;" + "".join(statements) + "PRAGMA user_version=4;COMMIT;")
+        log.info("outbox schema migrated from version %d to 4 path=%s", version, self.path)
 
     async def sync(self) -> None:
         """Make every commit so far durable (synchronous=normal): a passive checkpoint fsyncs
@@ -344,24 +425,38 @@ class Outbox:
         self, events: Sequence[PendingEvent], quarantine: Sequence[QuarantineRecord] = ()
     ) -> int:
         """Commit events (and quarantine records) in one transaction; returns how many events
-        were new (not duplicate keys, not business events committed before)."""
+        were new (not duplicate keys, not business events committed before).
+
+        A business event whose id was committed before is not sent twice: with the same data
+        it is a repeat (logged at info, counted in `known_events`); with other data it is a
+        conflict (WARNING, counted in `conflicts`), held in the quarantine with rule
+        `conflict` for an operator to release under a new id (`conflict_key`) or drop.
+        """
         if not events and not quarantine:
             return 0
         unique: dict[str, PendingEvent] = {}
+        again: list[PendingEvent] = []  # business events whose id came twice in this group
         for event in events:
-            unique.setdefault(event.id, event)
-        self.duplicates += len(events) - len(unique)
+            if unique.setdefault(event.id, event) is not event:
+                if event.schema.startswith(EVENT_SCHEMA_PREFIX):
+                    again.append(event)
+                else:
+                    self.duplicates += 1
         async with self._lock:
             batch = list(unique.values())
+            notes = _Notes()
             try:
-                if any(e.schema.startswith(EVENT_SCHEMA_PREFIX) for e in batch):
-                    batch = await self._without_known_event_keys(batch)
+                if (
+                    again
+                    or any(e.schema.startswith(EVENT_SCHEMA_PREFIX) for e in batch)
+                    or any(r.kind == "event" for r in quarantine)
+                ):
+                    batch, quarantine = await self._judge_events(batch, again, quarantine, notes)
                 rows = self._number(batch)
                 await self.db.executemany(_INSERT, rows)
                 await self._record_event_keys(batch)
                 if quarantine:
-                    quarantine = await self._without_sent_events(quarantine)
-                    await self.db.executemany(_INSERT_QUARANTINE, _quarantine_rows(quarantine))
+                    await self._hold(quarantine)
                 await self.db.commit()
             except sqlite3.IntegrityError:
                 # A key already in the outbox: drop those and number the rest again, so that
@@ -375,7 +470,7 @@ class Outbox:
                     await self.db.executemany(_INSERT, rows)
                     await self._record_event_keys(batch)
                     if quarantine:
-                        await self.db.executemany(_INSERT_QUARANTINE, _quarantine_rows(quarantine))
+                        await self._hold(quarantine)
                     await self.db.commit()
                 except sqlite3.DatabaseError as exc:
                     await self._rollback_quietly()
@@ -385,6 +480,12 @@ class Outbox:
                 raise _write_error(exc) from exc
             self._next_seq += len(batch)
             self.depth += len(batch)
+            # Counted and said only once committed: a failed commit is tried again.
+            self.duplicates += notes.repeats
+            self.known_events += notes.repeats
+            self.conflicts += notes.conflicts
+            for level, message, args in notes.lines:
+                log.log(level, message, *args)
             if self.depth > self.max_rows:
                 # Some room beyond the limit, so a full outbox is one gap message now and
                 # then rather than one per commit.
@@ -394,40 +495,177 @@ class Outbox:
         self.appended.set()
         return len(batch)
 
-    async def _without_known_event_keys(self, batch: list[PendingEvent]) -> list[PendingEvent]:
-        ids = [e.id for e in batch if e.schema.startswith(EVENT_SCHEMA_PREFIX)]
-        marks = ",".join("?" * len(ids))
-        rows = await _fetch(self.db, f"SELECT id FROM event_keys WHERE id IN ({marks})", ids)
-        known = {row[0] for row in rows}
-        if not known:
-            return batch
-        self.duplicates += len(known)
-        self.known_events += len(known)
-        log.info("business events detected again, not sent twice count=%d", len(known))
-        return [e for e in batch if e.id not in known]
-
-    async def _without_sent_events(
-        self, records: Sequence[QuarantineRecord]
-    ) -> Sequence[QuarantineRecord]:
-        """An event already committed good and detected again with bad data is not held:
-        the consumer has it, and a release could only send other data under its id."""
-        ids = [r.key for r in records if r.kind == "event"]
-        if not ids:
-            return records
-        marks = ",".join("?" * len(ids))
-        sent = {
-            row[0]
-            for row in await _fetch(
-                self.db, f"SELECT id FROM event_keys WHERE id IN ({marks})", ids
+    async def _sent(self, ids: Iterable[str]) -> dict[str, tuple[str | None, Any]]:
+        """id -> (digest, data) of the remembered event ids among `ids` (None, None: sent by
+        an edgegw before version 4, which did not record what it sent)."""
+        wanted = list(set(ids))
+        sent: dict[str, tuple[str | None, Any]] = {}
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = await _fetch(
+                self.db, f"SELECT id, digest, data FROM event_keys WHERE id IN ({marks})", chunk
             )
-        }
-        return [r for r in records if r.kind != "event" or r.key not in sent]
+            for key, digest, data in rows:
+                sent[key] = (digest, None if data is None else orjson.loads(data))
+        return sent
+
+    async def _judge_events(
+        self,
+        batch: list[PendingEvent],
+        again: list[PendingEvent],
+        quarantine: Sequence[QuarantineRecord],
+        notes: _Notes,
+    ) -> tuple[list[PendingEvent], list[QuarantineRecord]]:
+        """The events to commit and the quarantine records to hold, once business events
+        whose id was committed before are told apart: repeats are dropped (and said),
+        conflicts become quarantine records with rule `conflict`.
+
+        A quarantined event (it broke its contract) whose id was committed good before is not
+        held under that id either: a release could only send other data under it. It is a
+        conflict if its data differs, else a repeat; either way it leaves a trace."""
+        held_events = [r for r in quarantine if r.kind == "event" and r.payload is not None]
+        sent = await self._sent(
+            [e.id for e in (*batch, *again) if e.schema.startswith(EVENT_SCHEMA_PREFIX)]
+            + [r.key for r in held_events]
+        )
+        keep: list[PendingEvent] = []
+        found: list[_Again] = []
+        for event in (*batch, *again):
+            if not event.schema.startswith(EVENT_SCHEMA_PREFIX):
+                keep.append(event)
+                continue
+            data = event.payload.get("data") or {}
+            digest = data_digest(data)
+            known = sent.get(event.id)
+            if known is None:
+                keep.append(event)
+                sent[event.id] = (digest, data)
+                continue
+            found.append(
+                _Again(event.payload, _trigger_time(event), event.id, digest, known, event.topic)
+            )
+        records: list[QuarantineRecord] = []
+        for record in quarantine:
+            known = sent.get(record.key) if record.kind == "event" else None
+            if known is None or record.payload is None:
+                records.append(record)
+                continue
+            data = record.payload.get("data") or {}
+            digest = data_digest(data)
+            repeat = _Again(record.payload, record.ts, record.key, digest, known, record.topic)
+            found.append(repeat._replace(broken=record.reason))
+        if found:
+            records += await self._repeats_and_conflicts(found, notes)
+        return keep, records
+
+    async def _repeats_and_conflicts(
+        self, found: list[_Again], notes: _Notes
+    ) -> list[QuarantineRecord]:
+        """Business events detected again under an id committed before."""
+        conflicts = [
+            conflict_key(again.key, again.digest)
+            for again in found
+            if again.sent[0] is not None and again.sent[0] != again.digest
+        ]
+        released = await self._sent(conflicts) if conflicts else {}
+        records: dict[str, QuarantineRecord] = {}
+        now = time.time()
+        for payload, ts, key, digest, (sent_digest, sent_data), topic, broken in found:
+            what = f"{payload.get('type')} key {describe_key(payload.get('key') or {})}"
+            if sent_digest is None or sent_digest == digest:
+                notes.repeats += 1
+                if sent_digest is None:
+                    notes.say(
+                        logging.INFO,
+                        "business event %s detected again; not sent twice (what was sent under "
+                        "its id is not known: an older edgegw sent it)",
+                        what,
+                    )
+                else:
+                    notes.say(
+                        logging.INFO,
+                        "business event %s detected again with the same data; not sent twice",
+                        what,
+                    )
+                continue
+            new_key = conflict_key(key, digest)
+            if new_key in released:
+                notes.repeats += 1
+                notes.say(
+                    logging.INFO,
+                    "business event %s detected again with the same data as its released "
+                    "conflict id=%s; not sent twice",
+                    what,
+                    new_key,
+                )
+                continue
+            data = payload.get("data") or {}
+            changes = describe_changes(sent_data, data)
+            reason = f"{what} was already sent with other data: {changes}"
+            if broken is not None:
+                reason += f"; it also breaks its contract: {broken}"
+            notes.conflicts += 1
+            notes.say(
+                logging.WARNING,
+                "business event conflict: %s; held in the quarantine (rule conflict): release "
+                "publishes it as id=%s supersedes=%s, or drop it",
+                reason,
+                new_key,
+                key,
+            )
+            first = records.get(new_key)
+            if first is not None:  # the same conflict twice in one group: one record
+                records[new_key] = replace(first, count=first.count + 1, last_ts=ts)
+                continue
+            message = {"schema": payload.get("schema", "edgegw.event/1"), "id": new_key}
+            message["supersedes"] = key
+            message |= {k: v for k, v in payload.items() if k not in ("schema", "id")}
+            records[new_key] = QuarantineRecord(
+                key=new_key,
+                kind="event",
+                subject=str(payload.get("type")),
+                rule=CONFLICT_RULE,
+                value={"sent": sent_data, "detected": data},
+                reason=reason,
+                topic=topic,
+                payload=message,
+                trace=str(payload.get("trace", "")),
+                ts=ts,
+                created=now,
+            )
+        return list(records.values())
+
+    async def _hold(self, records: Sequence[QuarantineRecord]) -> None:
+        """Write quarantine records; a lasting violation or a repeated conflict updates the
+        record it continues (the caller holds the lock and commits)."""
+        fresh = []
+        for record in records:
+            if record.rule == CONFLICT_RULE:
+                cursor = await self.db.execute(
+                    _REPEAT_CONFLICT,
+                    (
+                        orjson.dumps(record.value, default=str),
+                        record.last_ts or record.ts,
+                        record.key,
+                    ),
+                )
+                if cursor.rowcount:
+                    continue
+            fresh.append(record)
+        await self.db.executemany(_INSERT_QUARANTINE, _quarantine_rows(fresh))
 
     async def _record_event_keys(self, batch: list[PendingEvent]) -> None:
-        keys = [(e.id, e.created) for e in batch if e.schema.startswith(EVENT_SCHEMA_PREFIX)]
+        keys = [
+            (e.id, e.created, data_digest(data), orjson.dumps(data))
+            for e in batch
+            if e.schema.startswith(EVENT_SCHEMA_PREFIX)
+            for data in (e.payload.get("data") or {},)
+        ]
         if keys:
             await self.db.executemany(
-                "INSERT OR IGNORE INTO event_keys(id, created) VALUES (?, ?)", keys
+                "INSERT OR IGNORE INTO event_keys(id, created, digest, data) VALUES (?, ?, ?, ?)",
+                keys,
             )
 
     async def move_released(self) -> int:
@@ -436,6 +674,8 @@ class Outbox:
         One transaction: the outbox rows, their remembered ids and the removal from the
         quarantine. A released event whose id was committed meanwhile (detected again with
         valid data) is not sent a second time with other data: it is removed, and said so.
+        A released conflict has an id of its own (`conflict_key`) and its message names the
+        event it supersedes; released twice, it is still sent once.
         """
         async with self._lock:
             rows = await _fetch(
@@ -481,11 +721,13 @@ class Outbox:
             self.depth += len(batch)
         self.appended.set()
         for event in batch:
+            supersedes = event.payload.get("supersedes")
             log.warning(
-                "audit: released event published id=%s seq=%s trace=%s",
+                "audit: released event published id=%s seq=%s trace=%s%s",
                 event.id,
                 event.payload.get("seq"),
                 event.trace,
+                f" supersedes={supersedes}" if supersedes else "",
                 extra={"audit": "quarantine-release-published", "trace": event.trace},
             )
         for key, trace in superseded:
@@ -737,22 +979,38 @@ def _ranges(seqs: list[int]) -> list[tuple[int, int]]:
 
 def _quarantine_rows(records: Sequence[QuarantineRecord]) -> list[tuple[Any, ...]]:
     dumps = orjson.dumps
-    return [
-        (
-            r.key,
-            r.kind,
-            r.subject,
-            r.rule,
-            dumps(r.value, default=str),
-            r.reason,
-            r.topic,
-            None if r.payload is None else dumps(r.payload),
-            r.trace,
-            r.ts,
-            r.created,
+    rows = []
+    for r in records:
+        value = dumps(r.value, default=str)
+        rows.append(
+            (
+                r.key,
+                r.kind,
+                r.subject,
+                r.rule,
+                value,
+                r.reason,
+                r.topic,
+                None if r.payload is None else dumps(r.payload),
+                r.trace,
+                r.ts,
+                r.created,
+                r.count,
+                value,
+                r.ts if r.last_ts is None else r.last_ts,
+            )
         )
-        for r in records
-    ]
+    return rows
+
+
+def _trigger_time(event: PendingEvent) -> float:
+    """An event's source timestamp, from its `ts` text (when the gateway took it, failing
+    that)."""
+    text = event.payload.get("ts")
+    if isinstance(text, str):
+        with contextlib.suppress(ValueError):
+            return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    return event.created
 
 
 def _event_schema(payload: bytes) -> str:

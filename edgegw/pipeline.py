@@ -171,13 +171,15 @@ class Pipeline:
         self.rules = TagRules(config)
         self.telemetry = TelemetryBuilder(config)
         self.events = EventDetector(config)
-        self.quarantined = 0  # telemetry values and events held back, since start
+        self.quarantined = 0  # quarantine records opened (telemetry and events), since start
 
     def carry_from(self, old: Pipeline) -> None:
         """After a reload: counters, last published values, and the last value of every tag
         (edge triggers compare with it). Sequence rules start afresh: the first value after a
-        reload is accepted as a start, as after a restart."""
+        reload is accepted as a start, as after a restart; a violation still open goes on in
+        its record."""
         self.quarantined = old.quarantined
+        self.rules.carry_from(old.rules)
         self.telemetry.carry_from(old.telemetry)
         self.events.carry_from(old.events)
 
@@ -189,18 +191,21 @@ class Pipeline:
         events, held = self.events.process(checked)
         out.extend(events)
         records.extend(held)
-        self.quarantined += len(records)
+        self.quarantined += sum(1 for record in records if not record.continues)
         return out, records
 
     def _record(self, violation: Violation) -> QuarantineRecord:
+        """A violation's record; a lasting one's updates carry the key and ts of the reading
+        that opened it, so the outbox adds them to that record."""
         reading = violation.reading
+        first = violation.opened or reading
         key = telemetry_key(
             self.gateway,
-            reading.source,
-            reading.tag,
-            reading.source_ts,
+            first.source,
+            first.tag,
+            first.source_ts,
             "good",
-            orjson.dumps(reading.value).decode(),
+            orjson.dumps(first.value).decode(),
         )
         return QuarantineRecord(
             key=key,
@@ -212,8 +217,11 @@ class Pipeline:
             topic=self.telemetry.topic_of(reading.source, reading.tag),
             payload=None,
             trace=os.urandom(8).hex(),
-            ts=reading.source_ts,
+            ts=first.source_ts,
             created=time.time(),
+            count=violation.count,
+            last_ts=reading.source_ts,
+            continues=violation.opened is not None,
         )
 
 

@@ -26,6 +26,15 @@ from edgegw.timefmt import iso_utc
 log = logging.getLogger("edgegw.audit")
 
 _COLUMNS = "qid, id, kind, subject, rule, value, reason, ts, created, released"
+# Version 4 of the outbox: a lasting violation is one record with a count and its last value.
+_LASTING = "count, last_value, last_ts"
+_LASTING_BEFORE_V4 = "1, NULL, NULL"
+
+
+def _lasting(db: sqlite3.Connection) -> str:
+    """The lasting-violation columns, or stand-ins on a file no version 4 gateway opened."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(quarantine)")}
+    return _LASTING if "count" in columns else _LASTING_BEFORE_V4
 
 
 def _connect(path: str, *, read_only: bool = False) -> sqlite3.Connection:
@@ -64,7 +73,9 @@ def list_records(path: str, *, since: str | None, as_json: bool) -> int:
     cutoff = parse_since(since) if since else 0.0
     with contextlib.closing(_connect(path, read_only=True)) as db:
         rows = db.execute(
-            f"SELECT {_COLUMNS} FROM quarantine WHERE created >= ? ORDER BY qid", (cutoff,)
+            f"SELECT {_COLUMNS}, {_lasting(db)}, payload FROM quarantine WHERE created >= ? "
+            "ORDER BY qid",
+            (cutoff,),
         ).fetchall()
     records = [_record(row) for row in rows]
     if as_json:
@@ -78,32 +89,54 @@ def list_records(path: str, *, since: str | None, as_json: bool) -> int:
         state = f"  released {r['released']}" if r["released"] else ""
         print(
             f"#{r['qid']:<5} {r['quarantined']}  {r['kind']:<9} {r['subject']:<28} "
-            f"{r['rule']:<8} {r['reason']}{state}"
+            f"{r['rule']:<8} {r['reason']}{_lasting_text(r)}{state}"
         )
     print(f"{len(records)} record(s); `edgegw quarantine release|drop -c FILE ID` acts on one")
     return 0
 
 
+def _lasting_text(record: dict[str, Any]) -> str:
+    """`  (19 values until 2026-11-29T05:37:26.100Z, the last 7)` for a lasting violation,
+    `  (seen 3 times, the last at …)` for an event held again."""
+    if record["count"] <= 1:
+        return ""
+    if record["kind"] == "event":
+        return f"  (seen {record['count']} times, the last at {record['last_ts']})"
+    last = orjson.dumps(record["last_value"]).decode()
+    return f"  ({record['count']} values until {record['last_ts']}, the last {last})"
+
+
 def _record(row: tuple[Any, ...]) -> dict[str, Any]:
-    qid, key, kind, subject, rule, value, reason, ts, created, released = row
-    return {
+    """A record as printed (the row: _COLUMNS, the lasting columns, payload)."""
+    qid, key, kind, subject, rule, value, reason, ts, created, released = row[:10]
+    count, last_value, last_ts, payload = row[10:14]
+    first = orjson.loads(value)
+    record = {
         "qid": qid,
         "id": key,
         "kind": kind,
         "subject": subject,
         "rule": rule,
-        "value": orjson.loads(value),
+        "value": first,
         "reason": reason,
         "ts": iso_utc(ts),
         "quarantined": iso_utc(created),
         "released": iso_utc(released) if released else None,
+        "count": int(count),
+        "last_value": first if last_value is None else orjson.loads(last_value),
+        "last_ts": iso_utc(ts if last_ts is None else last_ts),
     }
+    supersedes = orjson.loads(payload).get("supersedes") if payload is not None else None
+    if supersedes is not None:
+        record["supersedes"] = supersedes
+    return record
 
 
 def _find(db: sqlite3.Connection, ident: str) -> tuple[Any, ...]:
     column = "qid" if ident.isdigit() else "id"
     row = db.execute(
-        f"SELECT {_COLUMNS}, payload FROM quarantine WHERE {column} = ? ORDER BY qid DESC",
+        f"SELECT {_COLUMNS}, {_lasting(db)}, payload FROM quarantine WHERE {column} = ? "
+        "ORDER BY qid DESC",
         (ident,),
     )
     found = row.fetchone()
@@ -115,7 +148,7 @@ def _find(db: sqlite3.Connection, ident: str) -> tuple[Any, ...]:
 def release(path: str, ident: str) -> int:
     with contextlib.closing(_connect(path)) as db:
         row = _find(db, ident)
-        record = _record(row[:-1])
+        record = _record(row)
         if row[-1] is None:
             raise EdgeGwError(
                 f"record #{record['qid']} is a {record['kind']} value, already published as "
@@ -127,9 +160,12 @@ def release(path: str, ident: str) -> int:
         with db:
             db.execute("UPDATE quarantine SET released = ? WHERE qid = ?", (time.time(), row[0]))
     _audit("release", record)
+    superseding = (
+        f", a new event superseding {record['supersedes']}" if "supersedes" in record else ""
+    )
     print(
-        f"released #{record['qid']} ({record['subject']} id {record['id']}); the running gateway "
-        "publishes it within seconds (or at its next start)"
+        f"released #{record['qid']} ({record['subject']} id {record['id']}{superseding}); the "
+        "running gateway publishes it within seconds (or at its next start)"
     )
     return 0
 
@@ -137,7 +173,7 @@ def release(path: str, ident: str) -> int:
 def drop(path: str, ident: str) -> int:
     with contextlib.closing(_connect(path)) as db:
         row = _find(db, ident)
-        record = _record(row[:-1])
+        record = _record(row)
         with db:
             db.execute("DELETE FROM quarantine WHERE qid = ?", (row[0],))
     _audit("drop", record)

@@ -13,12 +13,38 @@ from typing import Any
 from edgegw.config.model import GatewayConfig
 from edgegw.reading import Reading, Value
 
+LASTING_UPDATE_EVERY = 10.0
+"""Seconds (of source time) between two updates of a lasting violation's record: its count
+and last value are written this often, and when the violation ends."""
+
 
 @dataclass(slots=True)
 class Violation:
-    reading: Reading  # the reading as the PLC gave it
+    reading: Reading  # the reading as the PLC gave it (of a lasting violation: the latest)
     rule: str
     reason: str
+    opened: Reading | None = None  # set: continues the record this reading opened
+    count: int = 1  # violating readings it accounts for
+
+
+@dataclass(slots=True)
+class _Lasting:
+    """A violation of one rule that has not ended: one quarantine record."""
+
+    rule: str
+    opened: Reading
+    written: float  # source time of the last write of its record
+    pending: int = 0  # violating readings since then
+    last: Reading | None = None
+    last_reason: str = ""
+
+    def update(self) -> Violation | None:
+        """What has not been written yet, as a continuation of the record."""
+        if not self.pending or self.last is None:
+            return None
+        update = Violation(self.last, self.rule, self.last_reason, self.opened, self.pending)
+        self.pending, self.written = 0, self.last.source_ts
+        return update
 
 
 @dataclass(slots=True)
@@ -28,8 +54,9 @@ class _TagRule:
     maximum: float | None
     transitions: dict[str, list[str]] | None
     last_state: str | None = field(default=None)
-    # The violation last quarantined: a value that stays wrong for many polls is one record.
-    last_violation: tuple[str, str] | None = field(default=None)
+    # A tag that stays in violation of one rule is one quarantine record, however its
+    # value moves; a good value in between, or another rule broken, opens a new one.
+    lasting: _Lasting | None = field(default=None)
 
 
 class TagRules:
@@ -49,8 +76,17 @@ class TagRules:
                     transitions.get(ref),
                 )
 
+    def carry_from(self, old: TagRules) -> None:
+        """After a reload: a violation still open goes on in the same record (if the tag's
+        value breaks the same rule under the new config). Sequences start afresh."""
+        for key, rule in self._rules.items():
+            before = old._rules.get(key)
+            if before is not None:
+                rule.lasting = before.lasting
+
     def apply(self, readings: list[Reading]) -> tuple[list[Reading], list[Violation]]:
-        """The readings to publish (violations turned bad) and the violations."""
+        """The readings to publish (violations turned bad) and the violations: one that
+        opens a record per new violation, and updates of lasting ones."""
         if not self._rules:
             return readings, []
         out: list[Reading] = []
@@ -58,16 +94,29 @@ class TagRules:
         for reading in readings:
             rule = self._rules.get((reading.source, reading.tag))
             if rule is None or reading.quality != "good":
+                # A bad reading (no value) neither ends a violation nor continues it.
                 out.append(reading)
                 continue
             value, problem = _check(rule, reading.value)
+            lasting = rule.lasting
             if problem is None:
-                rule.last_violation = None
+                if lasting is not None:
+                    rule.lasting = None
+                    if (update := lasting.update()) is not None:
+                        violations.append(update)
                 out.append(reading if value is reading.value else _with_value(reading, value))
                 continue
             name, reason = problem
-            if problem != rule.last_violation:
-                rule.last_violation = problem
+            if lasting is not None and lasting.rule == name:
+                lasting.pending += 1
+                lasting.last, lasting.last_reason = reading, reason
+                due = abs(reading.source_ts - lasting.written) >= LASTING_UPDATE_EVERY
+                if due and (update := lasting.update()) is not None:
+                    violations.append(update)
+            else:
+                if lasting is not None and (update := lasting.update()) is not None:
+                    violations.append(update)
+                rule.lasting = _Lasting(name, reading, reading.source_ts)
                 violations.append(Violation(reading, name, reason))
             out.append(reading.as_bad(f"{name}: {reason}"))
         return out, violations

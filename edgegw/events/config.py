@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, PlainValidator, WithJsonSchema, field_validator, model_validator
 
-from edgegw.config.types import StrictModel
+from edgegw.config.types import Duration, StrictModel
 from edgegw.events.expr import Condition, parse_condition
 
 Scalar = int | float | bool | str
@@ -197,9 +197,30 @@ class EventConfig(StrictModel):
 
 
 class SequenceConfig(StrictModel):
-    """Allowed transitions of a status tag; any other change is a sequence violation."""
+    """Allowed transitions of a status tag; any other change is a sequence violation.
+
+    A machine that cycles needs a way out of every state (`completed: [created]`); a state
+    the tag rests in for good is listed under `final`, else `edgegw check` warns about it.
+    """
 
     tag: TagRef
     transitions: dict[str, list[str]] = Field(
         min_length=1, description="state -> the states it may go to next."
     )
+    final: list[str] = Field(
+        default_factory=list,
+        description="States with no way out on purpose (the tag rests there for good); "
+        "`edgegw check` warns about any other state that has no transition.",
+    )
+    min_state: Duration | None = Field(
+        default=None,
+        description="The shortest time the PLC stays in a state, e.g. '2s'; `edgegw check` "
+        "warns when the tag is read less often (a state between two reads is missed and the "
+        "next change looks like a disallowed transition).",
+    )
+
+    @model_validator(mode="after")
+    def _check_min_state(self) -> SequenceConfig:
+        if self.min_state is not None and self.min_state <= 0:
+            raise ValueError("'min_state' must be longer than 0")
+        return self

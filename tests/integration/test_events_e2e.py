@@ -174,7 +174,70 @@ async def test_one_event_per_batch_across_restart_and_duplicates(
     assert summary.events_by_type == {"batch.completed": 2}
     assert summary.gaps == {} or all(not ranges for ranges in summary.gaps.values())
     detected_again = [line for line in gateway.log() if "detected again" in line.get("msg", "")]
-    assert detected_again, "the restarted gateway saw B1001 again and refused to send it twice"
+    assert [line["msg"] for line in detected_again] == [
+        "business event batch.completed key {batch: B1001} detected again with the same data; "
+        "not sent twice"
+    ], "the restarted gateway saw B1001 again and refused to send it twice"
+
+
+async def test_a_reused_batch_id_is_a_conflict_released_under_a_new_id(
+    plc: ModbusPlc, mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """The PLC restarts and completes B1001 again with other counts: held as a conflict (not
+    dropped as a duplicate, not sent under the old id), then released by an operator."""
+    path = write_config(tmp_path / "gw.yaml", config(tmp_path / "state", mosquitto.port, plc.port))
+    consumer = MesConsumer(tmp_path / "mes.sqlite3", port=mosquitto.port, topic="s/a/L1/#")
+    with consumer, Subscriber(mosquitto.port, "s/a/L1/events/#") as wire:
+        gateway = await GatewayProcess(path).start()
+        try:
+            await until(lambda: consumer.summary().telemetry > 0, 20, "telemetry")
+            set_line(plc, state=3, good=21)
+            await wire.wait_for(lambda got: len(got) >= 1, 10, what="the first B1001 event")
+            seq = consumer.summary().gateways["ev-gw"].max_seq
+            set_line(plc, state=1, good=0)  # the PLC restarted, its batch counter too
+            await until(
+                lambda: _tag_seen(consumer, "state", "running", after_seq=seq),
+                10,
+                "the batch running again",
+            )
+            set_line(plc, state=3, good=4)
+
+            def conflicts() -> list[dict[str, Any]]:
+                listed = cli("quarantine", "-c", str(path), "--json")
+                records = [orjson.loads(line) for line in listed.stdout.splitlines()]
+                return [r for r in records if r["rule"] == "conflict"]
+
+            await until(lambda: len(conflicts()) == 1, 15, "the conflict in the quarantine")
+            (record,) = conflicts()
+            reason = (
+                "batch.completed key {batch: B1001} was already sent with other data: good 21 → 4"
+            )
+            assert record["reason"] == reason
+            first = orjson.loads(wire.messages[0].payload)
+            assert record["supersedes"] == first["id"]
+            warned = [
+                line["msg"]
+                for line in gateway.log()
+                if line.get("level") == "warning" and "business event conflict" in line["msg"]
+            ]
+            assert warned
+            assert warned[0].startswith(f"business event conflict: {reason}; held")
+
+            released = cli("quarantine", "release", "-c", str(path), str(record["qid"]))
+            assert released.returncode == 0, released.stderr
+            assert f"a new event superseding {first['id']}" in released.stdout
+            got = await wire.wait_for(lambda got: len(got) >= 2, 15, what="the released event")
+        finally:
+            gateway.signal(signal.SIGTERM)
+            assert await gateway.wait(20) == 0
+    # In: two completions of B1001 (21, then 4). Out: two events, the second superseding.
+    events = [orjson.loads(m.payload) for m in got]
+    assert [(e["key"], e["data"], e.get("supersedes")) for e in events] == [
+        ({"batch": "B1001"}, {"good": 21}, None),
+        ({"batch": "B1001"}, {"good": 4}, first["id"]),
+    ]
+    assert events[1]["id"] == record["id"] != first["id"]
+    assert conflicts() == []
 
 
 def _tag_seen(consumer: MesConsumer, tag: str, value: Any, *, after_seq: int) -> bool:

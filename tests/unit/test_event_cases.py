@@ -74,8 +74,10 @@ async def run_case(case: Path, state: Path) -> dict[str, Any]:
         ]
         quarantine = [
             {"kind": k, "subject": s, "rule": r, "reason": why}
-            for k, s, r, why in db.execute(
-                "SELECT kind, subject, rule, reason FROM quarantine ORDER BY qid"
+            # A lasting violation: how many values it held back, and the last of them.
+            | ({"count": count, "last": orjson.loads(last)} if count > 1 else {})
+            for k, s, r, why, count, last in db.execute(
+                "SELECT kind, subject, rule, reason, count, last_value FROM quarantine ORDER BY qid"
             )
         ]
     schemas = all_schemas(config)

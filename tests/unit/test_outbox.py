@@ -292,7 +292,102 @@ async def test_a_version_2_outbox_is_migrated_with_its_rows_and_counters(tmp_pat
     finally:
         await box.close()
     check = sqlite3.connect(path)
-    assert check.execute("PRAGMA user_version").fetchone() == (3,)
+    assert check.execute("PRAGMA user_version").fetchone() == (4,)
     names = {row[0] for row in check.execute("SELECT name FROM sqlite_master")}
+    key_columns = {row[1] for row in check.execute("PRAGMA table_info(event_keys)")}
     check.close()
     assert "outbox_v2" not in names
+    assert {"digest", "data"} <= key_columns
+
+
+# The schema of version 3 as edgegw wrote it (outbox, meta, event_keys, quarantine).
+_V3_OUTBOX = """
+CREATE TABLE outbox (
+    seq INTEGER PRIMARY KEY, id TEXT NOT NULL, schema TEXT NOT NULL, topic TEXT NOT NULL,
+    payload BLOB NOT NULL, trace TEXT NOT NULL, created REAL NOT NULL,
+    key_ts INTEGER NOT NULL DEFAULT 0, UNIQUE (key_ts, id)
+);
+CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT INTO meta(name, value) VALUES ('last_seq', 12), ('dropped', 0);
+CREATE TABLE event_keys (id TEXT PRIMARY KEY, created REAL NOT NULL);
+CREATE TABLE quarantine (
+    qid INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL, kind TEXT NOT NULL,
+    subject TEXT NOT NULL, rule TEXT NOT NULL, value BLOB NOT NULL, reason TEXT NOT NULL,
+    topic TEXT NOT NULL, payload BLOB, trace TEXT NOT NULL, ts REAL NOT NULL,
+    created REAL NOT NULL, released REAL, UNIQUE (id, ts)
+);
+PRAGMA user_version=3;
+"""
+
+
+async def test_a_version_3_outbox_is_migrated_with_backlog_keys_and_quarantine(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from edgegw.quarantine import QuarantineRecord
+
+    path = tmp_path / "outbox.sqlite3"
+    business = {"schema": "edgegw.event/1", "id": "e11", "type": "batch.completed"}
+    backlog = [
+        (11, "e11", "edgegw.event/1", "ev", orjson.dumps(business | {"seq": 11}), "t", 1.0, 0),
+        (12, "t12", "edgegw.telemetry/1", "a/b", orjson.dumps({"seq": 12}), "t", 1.0, 5),
+    ]
+    held = ("q1", "telemetry", "cell.p", "range", b"130", "130 is above max 100", "a/b", None)
+    with contextlib.closing(sqlite3.connect(path)) as old:
+        old.executescript(_V3_OUTBOX)
+        old.executemany("INSERT INTO outbox VALUES (?,?,?,?,?,?,?,?)", backlog)
+        old.executemany("INSERT INTO event_keys VALUES (?, ?)", [("e11", time.time())])
+        old.execute(
+            "INSERT INTO quarantine(id, kind, subject, rule, value, reason, topic, payload, "
+            "trace, ts, created) VALUES (?,?,?,?,?,?,?,?,'t',10.0,10.0)",
+            held,
+        )
+        old.commit()
+
+    box = Outbox(str(path))
+    with caplog.at_level("INFO", logger="edgegw.outbox"):
+        await box.open()
+        try:
+            assert [(r.seq, r.id, r.payload) for r in await box.claim(0, 10)] == [
+                (seq, key, payload) for seq, key, _, _, payload, *_ in backlog
+            ]
+            # Detected again under a key an older edgegw sent: its data is unknown, so it is
+            # taken for the same event (not sent twice), and said so.
+            again = business_event("e11", {"good": 5}, batch="B1")
+            assert await box.append([again, event("t13")]) == 1
+            # The old quarantine record goes on as a lasting violation.
+            more = QuarantineRecord(
+                "q1", "telemetry", "cell.p", "range", 140, "140 is above max 100", "a/b",
+                None, "t", 10.0, time.time(), count=3, last_ts=13.0, continues=True,
+            )  # fmt: skip
+            await box.append([], [more])
+            assert [r.seq for r in await box.claim(12, 10)] == [13]
+        finally:
+            await box.close()
+    assert "outbox schema migrated from version 3 to 4" in caplog.text
+    assert (
+        "business event batch.completed key {batch: B1} detected again; not sent twice (what "
+        "was sent under its id is not known: an older edgegw sent it)"
+    ) in caplog.text
+    with contextlib.closing(sqlite3.connect(path)) as check:
+        assert check.execute("PRAGMA user_version").fetchone() == (4,)
+        rows = check.execute(
+            "SELECT id, value, reason, count, last_value, last_ts FROM quarantine"
+        ).fetchall()
+        assert rows == [("q1", b"130", "130 is above max 100", 4, b"140", 13.0)]
+        keys = check.execute("SELECT id, digest, data FROM event_keys").fetchall()
+        assert keys == [("e11", None, None)]
+
+
+def business_event(key: str, data: dict[str, object], batch: str = "B1006") -> PendingEvent:
+    payload = {
+        "schema": "edgegw.event/1",
+        "id": key,
+        "gateway": "gw1",
+        "type": "batch.completed",
+        "key": {"batch": batch},
+        "data": data,
+        "ts": "2026-01-01T00:00:05.000Z",
+        "seq": 0,
+        "trace": "tr",
+    }
+    return PendingEvent(key, "edgegw.event/1", "s/a/L1/events/batch.completed", payload, "tr", 1.0)

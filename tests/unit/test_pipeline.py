@@ -150,3 +150,44 @@ def orjson_text(payload: dict[str, object]) -> str:
 
 def test_iso_utc_milliseconds() -> None:
     assert iso_utc(0.999) == "1970-01-01T00:00:00.999Z"
+
+
+LEVEL_CONFIG = """
+gateway: {id: gw1, site: s1, area: a1, line: l1, state_dir: /tmp/x}
+sources:
+  - name: press
+    protocol: modbus
+    url: tcp://127.0.0.1:5020
+    tags:
+      - {name: level, address: "holding:0", type: int16, max: 3}
+"""
+
+
+def test_a_lasting_violation_is_one_record_updated_every_10_s_and_at_its_end() -> None:
+    from edgegw.pipeline import Pipeline
+
+    config = validate_document(GatewayConfig, load_yaml_text(LEVEL_CONFIG))
+    pipeline = Pipeline(config)
+    records = []
+    # 25 polls above max, one every second; then a good value
+    for at in range(25):
+        records += pipeline.process([reading("level", 4 + at % 3, ts=1000.0 + at)])[1]
+    records += pipeline.process([reading("level", 2, ts=1025.0)])[1]
+    assert [(r.continues, r.count, r.value, r.last_ts) for r in records] == [
+        (False, 1, 4, 1000.0),
+        (True, 10, 5, 1010.0),  # written again 10 s after the first
+        (True, 10, 6, 1020.0),
+        (True, 4, 4, 1024.0),  # and when the value is good again
+    ]
+    assert sum(r.count for r in records) == 25  # in: 25 violating values; out: all counted
+    assert {(r.key, r.ts) for r in records} == {(records[0].key, 1000.0)}  # one record
+    assert pipeline.quarantined == 1
+
+    # A reload keeps the violation open: the next violating value goes on in the same record.
+    pipeline.process([reading("level", 9, ts=1030.0)])
+    reloaded = Pipeline(config)
+    reloaded.carry_from(pipeline)
+    after = reloaded.process([reading("level", 8, ts=1031.0)])[1]
+    after += reloaded.process([reading("level", 1, ts=1032.0)])[1]
+    assert [(r.continues, r.count, r.value, r.ts) for r in after] == [(True, 1, 8, 1030.0)]
+    assert reloaded.quarantined == 2
