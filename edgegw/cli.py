@@ -80,10 +80,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo",
-        help="run simulator + broker + gateway and print what a subscriber receives",
-        description="Start the Modbus PLC simulator, an MQTT broker (the system mosquitto if "
-        "installed, otherwise an embedded Python broker), and the gateway on the demo config; "
-        "print every message a subscriber receives until Ctrl-C.",
+        help="two PLC simulators + broker + gateway; print what a subscriber receives",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Run a small line on this machine and print every MQTT message a subscriber
+receives:
+
+  press-01  the Modbus TCP PLC simulator (simulators/modbus_plc.py): a press that
+            cycles idle -> running -> done; the gateway polls its registers for the
+            state, good and scrap counts, batch id and temperature.
+  filler    the OPC UA PLC simulator (simulators/opcua_plc.py): a bottle filler;
+            the server reports changes of its state, running flag, count and batch
+            id to the gateway's subscription.
+  broker    mosquitto if installed, else an embedded Python broker (MQTT 3.1.1).
+  gateway   edgegw on edgegw/demo/demo.yaml, with the ports filled in and written
+            as demo.yaml in the state directory.
+
+Each message is printed as `mosquitto_sub -v` would: the topic, then the JSON
+payload exactly as sent. Each business event (batch.completed, when the press
+finishes a batch) also gets an EVENT line with its type, key and data.
+
+Ctrl-C (or --duration) stops it and prints a summary: values and events
+received, gaps in the seq numbers, quarantined records, and what to try next.""",
     )
     demo.add_argument(
         "--duration",
@@ -102,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--state-dir",
         default=None,
         metavar="DIR",
-        help="where the demo keeps its outbox (default: a temporary directory)",
+        help="where the demo keeps its outbox and demo.yaml, which stay after it ends "
+        "(default: a temporary directory, removed at the end)",
     )
 
     schema = commands.add_parser(
@@ -434,7 +453,8 @@ def _outbox_stats(path: str, *, as_json: bool) -> int:
     age = stats["oldest_age_seconds"]
     print(f"outbox      {stats['path']}")
     print(f"depth       {stats['depth']} events waiting for the broker")
-    print(f"seq         first {stats['first_seq']}, last assigned {stats['last_seq']}")
+    waiting = "none waiting" if stats["first_seq"] is None else f"first {stats['first_seq']}"
+    print(f"seq         {waiting}, last assigned {stats['last_seq']}")
     print(f"oldest      {'-' if age is None else f'{age:.1f} s ago'}")
     print(f"dropped     {stats['dropped']} events by retention")
     print(f"quarantine  {stats['quarantined']} records (edgegw quarantine -c FILE)")

@@ -468,7 +468,15 @@ class _Link:
                 f"no TCP connection to {s.address} within {s.connect_timeout:g} s"
             ) from None
         except OSError as exc:
-            raise SinkError(f"cannot connect to {s.address}: {exc.strerror or exc}") from None
+            hint = ""
+            if s.tls is not None and isinstance(exc, ConnectionResetError | BrokenPipeError):
+                # A plain MQTT listener reads the TLS ClientHello as a bad packet and drops
+                # the connection (Mosquitto resets it): no TLS error is ever seen.
+                hint = (
+                    " during the TLS handshake: is this a TLS listener? (mqtts:// is "
+                    "usually port 8883, mqtt:// 1883)"
+                )
+            raise SinkError(f"cannot connect to {s.address}: {exc.strerror or exc}{hint}") from None
         except ValueError as exc:  # paho: invalid host or port
             raise SinkError(f"cannot connect to {s.address}: {exc}") from None
         except asyncio.CancelledError:

@@ -208,3 +208,14 @@ def test_check_refuses_a_key_that_is_not_the_certificates(
     check = _check(write_config(tmp_path / "gw.yaml", data))
     assert check.returncode != 0
     assert f"cannot use the client certificate {pki.client.cert}" in check.stderr
+
+
+async def test_mqtts_against_a_plain_listener_asks_if_it_is_one(
+    tmp_path: Path, plc: ModbusPlc, mosquitto: Mosquitto, pki: TestPki, credentials: Path
+) -> None:
+    error = await _broker_error(_tls_config(tmp_path, mosquitto, plc, pki))
+    assert error.startswith(f"cannot connect to 127.0.0.1:{mosquitto.port}: ")
+    assert error.endswith(
+        "during the TLS handshake: is this a TLS listener? (mqtts:// is usually port 8883, "
+        "mqtt:// 1883)"
+    )
