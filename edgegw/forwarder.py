@@ -26,6 +26,9 @@ STABLE_CONNECTION = 10.0
 by an immediate reconnect. A connection lost sooner (another client took the session over, an
 ACL or quota that drops us at once) is followed by a growing delay instead: two gateways with
 one client id reconnected about 1,700 times in 10 s, each taking the session from the other."""
+FLAPPING_MAX_DELAY = 5.0
+"""Cap of that delay: enough to turn a takeover fight into a few connects a minute, short
+enough that a link which keeps dropping (a bad switch port) still gets data through."""
 INTAKE_LEAD = 5000
 """Rows intake may commit beyond what the forwarder sent, counted from the (re)connect, while
 the broker is up. Past it, intake waits for the forwarder: on a saturated CPU, reading every
@@ -149,6 +152,7 @@ class Forwarder:
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, pump, reconnect with backoff, until `stop` is set and in-flight drained."""
         backoff = Backoff(initial=0.2, maximum=15.0)
+        flapping = Backoff(initial=0.2, maximum=FLAPPING_MAX_DELAY)
         short_lived = 0  # connections in a row lost within STABLE_CONNECTION
         deleter = asyncio.create_task(self._delete_acked_forever(), name="forwarder-deleter")
         try:
@@ -187,12 +191,13 @@ class Forwarder:
                         )
                     short_lived = 0
                     backoff.reset()
+                    flapping.reset()
                     if reason is not None:
                         self._set_down(reason)
                     self._progressed()
                     continue
                 short_lived += 1
-                delay = backoff.next_delay()
+                delay = flapping.next_delay()
                 if short_lived == 1:
                     log.warning(
                         "broker %s dropped the connection %.1f s after it was made; "
@@ -200,7 +205,7 @@ class Forwarder:
                         "holds %g s, said once reason=%s",
                         self.settings.address,
                         held,
-                        backoff.maximum,
+                        flapping.maximum,
                         STABLE_CONNECTION,
                         reason,
                     )
