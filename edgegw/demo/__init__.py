@@ -325,9 +325,9 @@ def _next_steps(facts: RunFacts) -> list[str]:
             "      keeps the outbox and demo.yaml, for `edgegw outbox stats -c "
             "./demo-state/demo.yaml`",
         ]
-    readme = Path(__file__).resolve().parents[2] / "README.md"
-    where = str(readme) if readme.is_file() else "README.md of edgegw"
-    lines.append(f"  {where}: the config, business events, contracts, MQTT security")
+    docs = Path(__file__).resolve().parents[2] / "docs" / "README.md"
+    where = str(docs) if docs.is_file() else "docs/README.md of edgegw"
+    lines.append(f"  {where}: configuration, protocols, business events, operations")
     return lines
 
 

@@ -129,9 +129,9 @@ def test_a_warning_is_data_formatted_once() -> None:
 
 
 def readme_example() -> str:
-    """The YAML example of the README's "Business events and data contracts" section."""
-    text = (Path(__file__).parents[2] / "README.md").read_text()
-    section = text.split("## Business events and data contracts", 1)[1]
+    """The YAML example of the documentation's "Business events and data contracts" page."""
+    text = (Path(__file__).parents[2] / "docs" / "events.md").read_text()
+    section = text.split("# Business events and data contracts", 1)[1]
     return section.split("```yaml\n", 1)[1].split("```", 1)[0]
 
 
