@@ -4,6 +4,12 @@ Secrets and per-machine values stay out of the YAML (it is checked into plant re
 `username: ${OPC_USER}`, `url: ${PLC_URL:-opc.tcp://127.0.0.1:4840/}`. `$${` writes a
 literal `${`. A reference to an unset variable without a default is a config error at its
 position, never an empty string: an empty user name would fail much later and obscurely.
+
+`$NAME` without braces (`mqtt://$BROKER:1883`, as a shell would take it) is an error that
+suggests `${BROKER}`, not a literal: taken literally it would become a host name that fails
+at connect time, far from the line that caused it. `$$NAME` writes a literal `$NAME`. Only
+the file's own text is read this way: values that come from the environment are never
+re-scanned, and secrets (which may hold any `$`) come from files, not from the YAML.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from edgegw.config.yamlpos import Path, YamlDocument
 MAX_TEXT = 20_000_000
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_BARE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def expand_env(doc: YamlDocument, environ: Mapping[str, str]) -> list[str]:
@@ -61,7 +68,7 @@ def expand_env(doc: YamlDocument, environ: Mapping[str, str]) -> list[str]:
                         )
                     )
                 return ""
-            text, problems = _expand(node, environ) if "${" in node else (node, [])
+            text, problems = _expand(node, environ) if "$" in node else (node, [])
             if _SURROGATE.search(text):
                 # A lone surrogate (a YAML "\ud800" escape, a non-UTF-8 byte in the
                 # environment) is no text at all: nothing downstream could print or send it.
@@ -77,17 +84,30 @@ def expand_env(doc: YamlDocument, environ: Mapping[str, str]) -> list[str]:
 
 
 def _expand(text: str, environ: Mapping[str, str]) -> tuple[str, list[str]]:
-    """One left-to-right pass (no regex): linear even for thousands of unclosed `${`."""
+    """One left-to-right pass that never rescans: linear even for thousands of unclosed `${`."""
     problems: list[str] = []
     out: list[str] = []
     pos = 0
+    bare_seen = False
     while (start := text.find("$", pos)) != -1:
         out.append(text[pos:start])
         if text.startswith("$${", start):
             out.append("${")
             pos = start + 3
             continue
+        if text.startswith("$$", start) and _BARE.match(text, start + 2):
+            out.append("$")  # `$$NAME`: a literal `$NAME`
+            pos = start + 2
+            continue
         if not text.startswith("${", start):
+            bare = _BARE.match(text, start + 1)
+            if bare is not None and not bare_seen:
+                bare_seen = True  # one per value: `$A$B$C...` must not flood the report
+                name = bare.group(0) if len(bare.group(0)) <= 40 else bare.group(0)[:37] + "..."
+                problems.append(
+                    f"'${name}' is not expanded (only ${{NAME}} is); did you mean '${{{name}}}'? "
+                    f"Write $${name} for a literal '${name}'"
+                )
             out.append("$")
             pos = start + 1
             continue

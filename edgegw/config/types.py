@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import re
+import unicodedata
 from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -109,14 +111,90 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")
+_NAME_RULE = "ASCII letters, digits, '_' and '-', not starting with '-'"
+_NAME_WHY = (
+    "a name becomes an MQTT topic level, where '/', '+' and '#' are special, and events "
+    "refer to tags as source.tag"
+)
+_VALUE_NAME_WHY = "a value name is published in place of the raw value and used in events"
+
+
+def _character(char: str) -> str:
+    if char == " ":
+        return "a space"
+    if char.isprintable():
+        return f"'{char}'"
+    return f"the character {char!r}"  # a tab, a line break: shown escaped
+
+
+def _name_suggestion(value: str) -> str | None:
+    """`'Temperatür 1'` -> `'Temperatur_1'`; None when nothing usable is left."""
+    decomposed = unicodedata.normalize("NFKD", value)
+    ascii_only = "".join(c for c in decomposed if not unicodedata.combining(c))
+    suggestion = re.sub(r"[^A-Za-z0-9_-]+", "_", ascii_only).lstrip("-")
+    if suggestion.strip("_") and len(suggestion) <= 64 and _NAME.fullmatch(suggestion):
+        return suggestion
+    return None
+
+
+def name_problem(value: str, why: str = _NAME_WHY) -> str | None:
+    """Why `value` cannot be a name, in words with the rule and its reason; None if it can."""
+    if _NAME.fullmatch(value):
+        return None
+    rule = f"(names are {_NAME_RULE}: {why})"
+    if not value:
+        return f"a name must not be empty {rule}"
+    bad = list(dict.fromkeys(c for c in value if not re.fullmatch(r"[A-Za-z0-9_-]", c)))
+    if bad:
+        listed = [_character(c) for c in bad[:5]] + (["more"] if len(bad) > 5 else [])
+        words = listed[0] if len(listed) == 1 else ", ".join(listed[:-1]) + " and " + listed[-1]
+        verb = "is" if len(listed) == 1 else "are"
+        problem = f"{value!r}: {words} {verb} not allowed in a name"
+    else:
+        problem = f"{value!r}: a name must not start with '-'"
+    suggestion = _name_suggestion(value)
+    hint = f"; did you mean '{suggestion}'?" if suggestion else ""
+    return f"{problem}{hint} {rule}"
+
+
+def _check_name(value: str) -> str:
+    problem = name_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+def _check_value_name(value: str) -> str:
+    problem = name_problem(value, _VALUE_NAME_WHY)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+_NAME_SCHEMA = {"pattern": f"^{_NAME.pattern}$"}
+
 Name = Annotated[
     str,
     Field(
-        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_-]*$",
         max_length=64,
         description="Letters, digits, '_' and '-': it becomes an MQTT topic level.",
+        json_schema_extra=_NAME_SCHEMA,
     ),
+    AfterValidator(_check_name),
 ]
+"""Gateway, source, device and tag names: they become MQTT topic levels."""
+
+ValueName = Annotated[
+    str,
+    Field(
+        max_length=64,
+        description="Letters, digits, '_' and '-': published in place of the raw value.",
+        json_schema_extra=_NAME_SCHEMA,
+    ),
+    AfterValidator(_check_value_name),
+]
+"""The name of a raw value (`values: {0: idle}`)."""
 
 
 def parse_deadband(value: float | str) -> tuple[float, bool]:
@@ -223,7 +301,7 @@ class TagBase(StrictModel):
         default=None, description="Publish an unchanged value again after this long."
     )
     description: str | None = None
-    values: dict[int | bool | str, Name] | None = Field(
+    values: dict[int | bool | str, ValueName] | None = Field(
         default=None,
         min_length=1,
         description="Raw value -> name, e.g. {0: idle, 1: running}; the name is published and "

@@ -9,7 +9,10 @@ mapping entry's key position too. Scalars go through SafeLoader's own constructo
 Every problem PyYAML's parser lets through is collected before anything is reported:
 duplicate keys (all of them, in every mapping), keys that are neither text nor integers,
 unsupported tags, recursive aliases. A syntax error stops the parser, so it is reported
-alone. Each problem is one `ConfigError` line, `FILE:LINE:COL path: message`, counted from 1,
+alone; the common ones (a tab, a line one space off, a list item among keys, a ': ' inside
+an unquoted value, a missing ':', an unclosed quote) in plain words that say what to change,
+not in PyYAML's parser vocabulary ("expected <block end>, but found '<block mapping
+start>'"). Each problem is one `ConfigError` line, `FILE:LINE:COL path: message`, counted from 1,
 and the list ends with the summary line.
 
 Differences from SafeLoader, on purpose:
@@ -61,8 +64,8 @@ _TOKEN_WORDS = {
     "<stream end>": "the end of the file",
     "'<document start>'": "'---'",
     "<document start>": "'---'",
-    "<scalar>": "a value",
     "'<scalar>'": "a value",
+    "<scalar>": "a value",
 }
 
 
@@ -147,7 +150,7 @@ def _compose_single(text: str, path: str) -> Node | None:
             )
             issue = format_issue(path, _mark(exc.problem_mark), "", message)
         else:
-            issue = _syntax_issue(path, exc)
+            issue = _syntax_issue(path, exc, text)
         raise ConfigError(with_summary([issue])) from None
     except yaml.reader.ReaderError as exc:
         raise ConfigError(with_summary([_reader_issue(path, text, exc)])) from None
@@ -193,14 +196,15 @@ def _plain(text: str) -> str:
     return text.replace(" a indented", " an indented")
 
 
-def _syntax_issue(path: str, exc: yaml.MarkedYAMLError) -> str:
+def _syntax_issue(path: str, exc: yaml.MarkedYAMLError, text: str = "") -> str:
     """One line for a PyYAML parse error: where, what, and what it was in the middle of."""
+    words = _in_plain_words(exc, _lines(text))
+    if words is not None:
+        return format_issue(path, words[0], "", words[1])
     problem = exc.problem or "invalid YAML"
     mark = exc.problem_mark or exc.context_mark
     undefined = re.fullmatch(r"found undefined alias '(.*)'", problem)
-    if "cannot start any token" in problem and "\\t" in problem:
-        message = "a tab character cannot be used for indentation in YAML; use spaces"
-    elif undefined:
+    if undefined:
         name = undefined.group(1)
         message = f"unknown alias '*{name}'; define it with '&{name}' before this point"
     else:
@@ -217,9 +221,192 @@ def _syntax_issue(path: str, exc: yaml.MarkedYAMLError) -> str:
         elif "expected the end of an indented block" in message:
             message += "; check the indentation"
         elif exc.context in ("while parsing a flow sequence", "while parsing a flow mapping"):
-            closing = "]" if "sequence" in exc.context else "}"
-            message += f"; is a closing '{closing}' missing?"
+            if problem.endswith("'<scalar>'"):
+                message += "; is a ',' missing between two values?"
+            else:
+                closing = "]" if "sequence" in exc.context else "}"
+                message += f"; is a closing '{closing}' missing?"
     return format_issue(path, None if mark is None else _mark(mark), "", message)
+
+
+# --- the common YAML mistakes, in the words of someone editing a config file -------------
+
+_LINE_BREAK = re.compile(r"\r\n|[\r\n\x85\u2028\u2029]")
+_COLON_GAP = "a ':' followed by a space"
+_QUOTES = ('"', "'")
+
+
+def _lines(text: str) -> list[str]:
+    """The file's lines, split where PyYAML counts a new line."""
+    return _LINE_BREAK.split(text)
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" "))
+
+
+def _key_column(line: str) -> int:
+    """Where a line's key starts: after its indentation and any '- ' list markers."""
+    column = _indent(line)
+    while line.startswith("- ", column):
+        column += 1
+        while line.startswith(" ", column):
+            column += 1
+    return column
+
+
+def _is_content(line: str) -> bool:
+    stripped = line.strip(" ")
+    return bool(stripped) and not stripped.startswith("#")
+
+
+def _previous_content(lines: list[str], row: int) -> int | None:
+    for above in range(min(row, len(lines)) - 1, -1, -1):
+        if _is_content(lines[above]):
+            return above
+    return None
+
+
+def _levels_above(lines: list[str], row: int) -> list[int]:
+    """The indentations a line could line up with: those of the blocks still open above it."""
+    levels: set[int] = set()
+    smallest: int | None = None
+    above = _previous_content(lines, row)
+    while above is not None:
+        line = lines[above]
+        if smallest is None or _indent(line) < smallest:
+            smallest = _indent(line)
+            levels.update((smallest, _key_column(line)))
+            if smallest == 0:
+                break
+        above = _previous_content(lines, above)
+    return sorted(levels)
+
+
+def _spaces(count: int) -> str:
+    return "1 space" if count == 1 else f"{count} spaces"
+
+
+def _one_of(numbers: list[int]) -> str:
+    words = [str(number) for number in numbers]
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
+
+
+def _in_plain_words(exc: yaml.MarkedYAMLError, lines: list[str]) -> tuple[Mark, str] | None:
+    """(where, message) for the mistakes people make most, or None for PyYAML's own words.
+
+    Tabs, a ':' inside an unquoted value, a line indented one space off, a list item among
+    keys, a missing ':' or a missing space after it, an unclosed quote, text after a closing
+    quote, and a value starting with a character YAML reserves.
+    """
+    problem, context = exc.problem or "", exc.context or ""
+    at, start = exc.problem_mark, exc.context_mark
+    if at is None or at.line >= len(lines):
+        return None
+    line = lines[at.line]
+    before = line[: at.column]
+    here = _mark(at)
+    if problem.endswith("that cannot start any token") and at.column < len(line):
+        char = line[at.column]
+        if char == "\t":
+            if not before.strip(" "):
+                return here, "a tab character cannot be used for indentation in YAML; use spaces"
+            return here, "a tab character cannot separate values in YAML; use spaces"
+        return here, f"a value cannot start with {char!r} in YAML; put the value in quotes"
+    if problem == "mapping values are not allowed here":
+        return _colon_in_value(lines, at.line, at.column)
+    scalar_next = problem.endswith(("but found '<scalar>'", "but got '<scalar>'"))
+    if scalar_next and before.rstrip(" ").endswith(_QUOTES):
+        return here, "text follows the closing quote; put all of the value inside the quotes"
+    if problem.startswith("expected '<document start>'") and not before.strip(" "):
+        return _misindented(lines, at, at, "", in_list=False)  # the first lines were indented
+    if start is None or start.line >= len(lines):
+        return None
+    found = re.fullmatch(r"expected <block end>, but found (.*)", problem)
+    if found and found.group(1) == "':'" and not before.strip(" "):
+        return here, "this line starts with ':'; the key before it is missing ('key: value')"
+    if found and context.startswith("while parsing a block") and not before.strip(" "):
+        return _misindented(lines, at, start, found.group(1), in_list="collection" in context)
+    if problem == "could not find expected ':'" and context == "while scanning a simple key":
+        key = lines[start.line][start.column :].rstrip(" ")
+        glued = re.fullmatch(r"([^\s:#]+):(\S[^#]*?)", key)
+        if glued:
+            fixed = f"{glued.group(1)}: {glued.group(2)}"
+            return _mark(start), f"a key needs {_COLON_GAP} before its value: {fixed}"
+        return _mark(start), "this line has no ':'; a line in a mapping is 'key: value'"
+    if context == "while scanning a quoted scalar" and problem == "found unexpected end of stream":
+        opening = lines[start.line][start.column : start.column + 1] or "'"
+        return _mark(start), (
+            f"the quote {opening} that opens this value is never closed; add the closing "
+            f"{opening} (the file ends before one)"
+        )
+    if context in ("while scanning an alias", "while scanning an anchor"):
+        sign, what = ("*", "an alias (*name)") if "alias" in context else ("&", "an anchor (&name)")
+        return _mark(start), (
+            f"'{sign}' starts {what} in YAML; put a value that starts with '{sign}' in quotes"
+        )
+    return None
+
+
+def _colon_in_value(lines: list[str], row: int, column: int) -> tuple[Mark, str]:
+    """`mapping values are not allowed here`: a ': ' where the line is already a value."""
+    line = lines[row]
+    here = Mark(row + 1, column + 1)
+    content = _key_column(line)
+    first = line.find(": ", content)
+    if 0 <= first < column and line[content : content + 1] not in ("{", "["):
+        key, value = line[content:first], line[first + 2 :].strip(" ")
+        message = f"{_COLON_GAP} starts a mapping inside a value; put the value in quotes"
+        if '"' not in value and "#" not in value:
+            message += f': {key}: "{value}"'
+        return here, message
+    above = _previous_content(lines, row)
+    if above is not None:
+        previous = lines[above]
+        if not re.search(r":( |$)", previous) and _indent(previous) == _indent(line):
+            return Mark(above + 1, _indent(previous) + 1), (
+                "this line has no ':'; a line in a mapping is 'key: value'"
+            )
+        keys = _key_column(previous)
+        if _indent(line) > keys:
+            return here, (
+                f"this line is indented more than the line above (line {above + 1}), so it "
+                f"reads as more of that line's value; indent it by {_spaces(keys)} like the "
+                "keys above, or put a value that contains ': ' in quotes"
+            )
+    return here, (
+        "a ':' here starts a mapping inside a value: is this line indented too far, or is a "
+        "value missing quotes?"
+    )
+
+
+def _misindented(
+    lines: list[str], at: yaml.Mark, start: yaml.Mark, found: str, *, in_list: bool
+) -> tuple[Mark, str] | None:
+    """`expected <block end>, but found ...`: a line that fits no block open above it."""
+    here, opened = _mark(at), start.line + 1
+    is_item = found in ("'-'", "'<block sequence start>'")
+    if at.column == start.column and is_item and not in_list:
+        return here, (
+            f"a list item ('- ...') among the 'key: value' lines of the mapping started on line "
+            f"{opened}; write it as 'key: value', or put the list under a key that ends with ':'"
+        )
+    if at.column == start.column and not is_item and in_list:
+        keys = _key_column(lines[start.line])
+        return here, (
+            f"a 'key: value' line among the items ('- ...') of the list started on line "
+            f"{opened}; if it belongs to the item above, indent it by {_spaces(keys)} like "
+            "that item's keys; if it starts a new item, begin it with '- '"
+        )
+    levels = _levels_above(lines, at.line)
+    if not levels or at.column in levels:
+        return None  # it lines up with something: PyYAML's own words, with 'check the indentation'
+    unit = "space" if levels == [1] else "spaces"
+    return here, (
+        f"this line is indented by {_spaces(at.column)}, which lines up with no block above it "
+        f"(those are indented by {_one_of(levels)} {unit}); indent it like the other lines of "
+        "its block, with spaces"
+    )
 
 
 def _reader_issue(path: str, text: str, exc: yaml.reader.ReaderError) -> str:

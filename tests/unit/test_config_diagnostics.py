@@ -317,11 +317,12 @@ sources:
     url: tcp://10.0.0.5:502
    poll: 1s
 """
-    # 'poll' on line 7 has 3 spaces before it: col 4.
+    # 'poll' on line 7 has 3 spaces before it: col 4. The blocks above: 'sources' at 0,
+    # the list's '-' at 2, the item's keys at 4.
     assert errors_of(text) == [
-        "line3.yaml:7:4: expected the end of an indented block, but found the start of a "
-        "new 'key: value' block (while reading an indented block started on line 4); "
-        "check the indentation",
+        "line3.yaml:7:4: this line is indented by 3 spaces, which lines up with no block "
+        "above it (those are indented by 0, 2 or 4 spaces); indent it like the other lines "
+        "of its block, with spaces",
         "1 error; gateway not started.",
     ]
 
@@ -341,6 +342,154 @@ def test_syntax_error_tab_indentation() -> None:
         "line3.yaml:2:1: a tab character cannot be used for indentation in YAML; use spaces",
         "1 error; gateway not started.",
     ]
+
+
+def test_syntax_error_tab_between_values() -> None:
+    # 'id:' then a tab: col 6.
+    assert errors_of("gateway:\n  id:\tgw-1\n") == [
+        "line3.yaml:2:6: a tab character cannot separate values in YAML; use spaces",
+        "1 error; gateway not started.",
+    ]
+
+
+# --- YAML mistakes in plain words: each PyYAML message a newcomer met, and what it says now
+
+
+def yaml_error(text: str) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load_yaml_text(text, "c.yaml")
+    assert caught.value.issues[-1] == "1 error; gateway not started."
+    return caught.value.issues[0]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(
+            # PyYAML: "mapping values are not allowed here", at the second ':' (col 20).
+            "gateway:\n  id: gw\n  description: note: this\n",
+            "c.yaml:3:20: a ':' followed by a space starts a mapping inside a value; put the "
+            'value in quotes: description: "note: this"',
+            id="colon-inside-a-value",
+        ),
+        pytest.param(
+            # A value that has a '"' already: no suggestion we could not quote right.
+            'gateway:\n  description: say "hi": now\n',
+            "c.yaml:2:24: a ':' followed by a space starts a mapping inside a value; put the "
+            "value in quotes",
+            id="colon-inside-a-value-with-quotes",
+        ),
+        pytest.param(
+            # 'protocol' is at col 7, under 'name' (col 5) it would be right: the ':' is col 15.
+            "sources:\n  - name: a\n      protocol: modbus\n",
+            "c.yaml:3:15: this line is indented more than the line above (line 2), so it reads "
+            "as more of that line's value; indent it by 4 spaces like the keys above, or put a "
+            "value that contains ': ' in quotes",
+            id="indented-too-far",
+        ),
+        pytest.param(
+            # Line 2 'id gw' lacks its ':'; PyYAML finds out on line 3.
+            "gateway:\n  id gw\n  site: x\n",
+            "c.yaml:2:3: this line has no ':'; a line in a mapping is 'key: value'",
+            id="line-without-colon",
+        ),
+        pytest.param(
+            # PyYAML: "could not find expected ':'" on line 4 (the line after 'site:x').
+            "gateway:\n  id: gw\n  site:x\n",
+            "c.yaml:3:3: a key needs a ':' followed by a space before its value: site: x",
+            id="no-space-after-colon",
+        ),
+        pytest.param(
+            "gateway:\n  id: gw\n  site x\nmqtt: {}\n",
+            "c.yaml:3:3: this line has no ':'; a line in a mapping is 'key: value'",
+            id="no-colon-before-a-mapping",
+        ),
+        pytest.param(
+            # 'a b' is one value (col 3 continues it), then ': ' cannot follow it.
+            "- a\n  b: c\n",
+            "c.yaml:2:4: a ':' here starts a mapping inside a value: is this line indented "
+            "too far, or is a value missing quotes?",
+            id="colon-after-a-continued-value",
+        ),
+        pytest.param(
+            # PyYAML: "expected <block end>, but found '<block sequence start>'".
+            "sources:\n  - name: a\n    tags:\n      - {name: x}\n       - {name: y}\n",
+            "c.yaml:5:8: this line is indented by 7 spaces, which lines up with no block above "
+            "it (those are indented by 0, 2, 4, 6 or 8 spaces); indent it like the other lines "
+            "of its block, with spaces",
+            id="list-item-one-space-off",
+        ),
+        pytest.param(
+            " gateway: {id: gw}\nmqtt: {}\n",
+            "c.yaml:2:1: this line is indented by 0 spaces, which lines up with no block above "
+            "it (those are indented by 1 space); indent it like the other lines of its block, "
+            "with spaces",
+            id="first-line-indented",
+        ),
+        pytest.param(
+            # PyYAML: "expected <block end>, but found '-'".
+            "gateway:\n  id: gw\n  - x\n",
+            "c.yaml:3:3: a list item ('- ...') among the 'key: value' lines of the mapping "
+            "started on line 2; write it as 'key: value', or put the list under a key that "
+            "ends with ':'",
+            id="list-item-among-keys",
+        ),
+        pytest.param(
+            # PyYAML: "expected <block end>, but found '?'": 'tags' belongs to the item.
+            "sources:\n  - name: a\n  tags:\n    - {name: x}\n",
+            "c.yaml:3:3: a 'key: value' line among the items ('- ...') of the list started on "
+            "line 2; if it belongs to the item above, indent it by 4 spaces like that item's "
+            "keys; if it starts a new item, begin it with '- '",
+            id="key-among-list-items",
+        ),
+        pytest.param(
+            "gateway:\n  id: gw\n  : x\n",
+            "c.yaml:3:3: this line starts with ':'; the key before it is missing ('key: value')",
+            id="value-without-key",
+        ),
+        pytest.param(
+            "gateway:\n  id: 'gw\n  site: x\n",
+            "c.yaml:2:7: the quote ' that opens this value is never closed; add the closing ' "
+            "(the file ends before one)",
+            id="unclosed-quote",
+        ),
+        pytest.param(
+            'gateway:\n  id: "gw" x\n',
+            "c.yaml:2:12: text follows the closing quote; put all of the value inside the quotes",
+            id="text-after-quote",
+        ),
+        pytest.param(
+            'gateway: {id: "gw" x}\n',
+            "c.yaml:1:20: text follows the closing quote; put all of the value inside the quotes",
+            id="text-after-quote-in-braces",
+        ),
+        pytest.param(
+            "tags: [a, {b: 1} c]\n",
+            "c.yaml:1:18: expected ',' or ']', but got a value (while reading a [...] list); "
+            "is a ',' missing between two values?",
+            id="missing-comma",
+        ),
+        pytest.param(
+            "gateway:\n  id: @gw\n",
+            "c.yaml:2:7: a value cannot start with '@' in YAML; put the value in quotes",
+            id="reserved-character",
+        ),
+        pytest.param(
+            "tags:\n  - {name: x, unit: *}\n",
+            "c.yaml:2:21: '*' starts an alias (*name) in YAML; put a value that starts with '*' "
+            "in quotes",
+            id="alias-sign",
+        ),
+        pytest.param(
+            "gateway:\n  id: &\n",
+            "c.yaml:2:7: '&' starts an anchor (&name) in YAML; put a value that starts with '&' "
+            "in quotes",
+            id="anchor-sign",
+        ),
+    ],
+)
+def test_yaml_mistakes_in_plain_words(text: str, expected: str) -> None:
+    assert yaml_error(text) == expected
 
 
 def test_second_document_is_refused() -> None:

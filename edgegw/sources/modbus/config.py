@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import parse_qsl, urlsplit
 
-from pydantic import Field, PlainSerializer, PlainValidator, WithJsonSchema, model_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    WithJsonSchema,
+    model_validator,
+)
 
 from edgegw.config.diagnostics import did_you_mean
 from edgegw.config.types import (
@@ -27,6 +34,7 @@ BIT_TABLES = frozenset({"coil", "discrete"})
 DataType = Literal[
     "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64", "bool", "string"
 ]
+DATA_TYPES: tuple[str, ...] = get_args(DataType)
 REGISTER_COUNT: dict[str, int] = {
     "int16": 1,
     "uint16": 1,
@@ -60,12 +68,65 @@ class Address:
 
 _ADDRESS = re.compile(r"^(?P<table>[a-z_]+):(?P<offset>\d+)(?:\.(?P<bit>\d+))?$")
 
+_MODICON_TABLES: dict[str, Table] = {"4": "holding", "3": "input", "0": "coil", "1": "discrete"}
+
+
+def _modicon_hint(shown: str, digits: str) -> str | None:
+    """Words for a Modicon reference (40001 = the first holding register), or None.
+
+    PLC programmers and device manuals number registers the Modicon way: a leading digit for
+    the table and a number counted from 1 (5 digits up to 9999, 6 digits up to 65536); the
+    protocol, and edgegw, count offsets from 0. Guessing it silently would read the wrong
+    register whenever the guess is wrong, so this is an error that names the right address.
+    """
+    if len(digits) not in (5, 6) or digits[0] not in _MODICON_TABLES:
+        return None
+    table = _MODICON_TABLES[digits[0]]
+    number = int(digits[1:])
+    first = "0" * (len(digits) - 2) + "1"
+    if number == 0:
+        return (
+            f"{shown} looks like a Modicon register number, but those count from 1: "
+            f"{digits[0]}{first} is '{table}:0'"
+        )
+    if number > 65536:
+        return (
+            f"{shown} looks like a Modicon register number, but {digits[0]}{'x' * 5} goes up "
+            f"to {digits[0]}65536 ('{table}:65535')"
+        )
+    x = "x" * (len(digits) - 1)
+    return (
+        f"{shown} looks like a Modicon register number; did you mean '{table}:{number - 1}'? "
+        f"(4{x} = holding, 3{x} = input, 0{x} = coil, 1{x} = discrete; the number after the "
+        "leading digit counts from 1, edgegw's offsets from 0)"
+    )
+
+
+def _number_as_address(value: int | str) -> str:
+    digits = str(value).strip()
+    if isinstance(value, int):
+        shown = digits
+    else:
+        shown = repr(value) if len(value) <= 40 else repr(value[:37]) + "…"
+    hint = _modicon_hint(shown, digits)
+    if hint is not None:
+        return hint
+    example = int(digits) if len(digits) <= 5 and int(digits) <= 65535 else 100
+    return (
+        f"{shown} is a bare number, not an address; write TABLE:OFFSET with TABLE one of "
+        f"{', '.join(TABLES)} (e.g. 'holding:{example}'; offsets count from 0)"
+    )
+
 
 def parse_address(value: Any) -> Address:
     if isinstance(value, Address):
         return value
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**9:
+        raise ValueError(_number_as_address(value))
     if not isinstance(value, str):
         raise ValueError(f"expected an address such as 'holding:100' or 'coil:3', got {value!r}")
+    if value.strip().isascii() and value.strip().isdigit():
+        raise ValueError(_number_as_address(value))
     match = _ADDRESS.match(value.strip())
     if match is None:
         raise ValueError(
@@ -107,11 +168,89 @@ AddressField = Annotated[
 ]
 
 
+_IEC_TYPES: dict[str, tuple[str | None, str]] = {
+    "BOOL": ("bool", "one bit"),
+    "SINT": (None, "an 8-bit signed integer"),
+    "USINT": (None, "an 8-bit unsigned integer"),
+    "BYTE": (None, "8 bits"),
+    "INT": ("int16", "a 16-bit signed integer; DINT, 32-bit, is 'int32'"),
+    "UINT": ("uint16", "a 16-bit unsigned integer; UDINT, 32-bit, is 'uint32'"),
+    "WORD": ("uint16", "16 bits"),
+    "DINT": ("int32", "a 32-bit signed integer"),
+    "UDINT": ("uint32", "a 32-bit unsigned integer"),
+    "DWORD": ("uint32", "32 bits"),
+    "LINT": ("int64", "a 64-bit signed integer"),
+    "ULINT": ("uint64", "a 64-bit unsigned integer"),
+    "LWORD": ("uint64", "64 bits"),
+    "REAL": ("float32", "a 32-bit float"),
+    "LREAL": ("float64", "a 64-bit float"),
+}
+"""IEC 61131-3 elementary types, as PLC programmers write them: (edgegw's type, what it is)."""
+
+_SAY_WHICH = "? Say which: they read different registers"
+_OTHER_TYPE_WORDS: dict[str, str] = {
+    "FLOAT": "did you mean 'float32' (IEC 61131-3 REAL, 2 registers) or 'float64' "
+    "(LREAL, 4 registers)" + _SAY_WHICH,
+    "DOUBLE": "did you mean 'float64'? (a double is a 64-bit float, IEC 61131-3 LREAL)",
+    "SINGLE": "did you mean 'float32'? (a single is a 32-bit float, IEC 61131-3 REAL)",
+    "SHORT": "did you mean 'int16'? (a short is a 16-bit signed integer, IEC 61131-3 INT)",
+    "USHORT": "did you mean 'uint16'? (an unsigned short is 16 bits, IEC 61131-3 UINT)",
+    "INTEGER": "did you mean 'int16' (IEC 61131-3 INT, 1 register), 'int32' (DINT, 2 registers) "
+    "or 'int64' (LINT, 4 registers)" + _SAY_WHICH,
+    "LONG": "did you mean 'int32' (IEC 61131-3 DINT, 2 registers) or 'int64' (LINT, 4 "
+    "registers)" + _SAY_WHICH,
+    "ULONG": "did you mean 'uint32' (IEC 61131-3 UDINT, 2 registers) or 'uint64' (ULINT, 4 "
+    "registers)" + _SAY_WHICH,
+    "INT8": "edgegw has no 8-bit type: a Modbus register holds 16 bits; if the PLC maps the "
+    "value to a register of its own, read it as int16",
+    "UINT8": "edgegw has no 8-bit type: a Modbus register holds 16 bits; if the PLC maps the "
+    "value to a register of its own, read it as uint16",
+}
+"""Other type words that a did-you-mean by spelling would get wrong (`int` is not int64)."""
+
+
+def plc_type_hint(word: str) -> str | None:
+    """The error for a type written as a PLC or C programmer would; None for other words.
+
+    Spelling similarity guesses wrong here (`int` is closest to 'int64', `float` to
+    'float64', `DINT` to 'int64'), and a wrong type reads the wrong registers, so these words
+    get their meaning, not their nearest spelling. They stay errors: the type decides which
+    registers are read, and the file should say it in edgegw's words.
+    """
+    if word in DATA_TYPES:
+        return None
+    key = word.strip().upper()
+    if key in _IEC_TYPES:
+        ours, what = _IEC_TYPES[key]
+        if ours is None:
+            same_size = "int16" if key == "SINT" else "uint16"
+            return (
+                f"unknown value {word!r}; edgegw has no 8-bit type (IEC 61131-3 {key} is {what}) "
+                "because a Modbus register holds 16 bits; if the PLC maps it to a register of "
+                f"its own, read it as {same_size}"
+            )
+        return f"unknown value {word!r}; did you mean '{ours}'? (IEC 61131-3 {key} is {what})"
+    if key in _OTHER_TYPE_WORDS:
+        return f"unknown value {word!r}; {_OTHER_TYPE_WORDS[key]}"
+    return None
+
+
+def _check_type_word(value: Any) -> Any:
+    if isinstance(value, str):
+        hint = plc_type_hint(value)
+        if hint is not None:
+            raise ValueError(hint)
+    return value
+
+
+TypeField = Annotated[DataType, BeforeValidator(_check_type_word)]
+
+
 class ModbusTag(TagBase):
     """One value read from the device."""
 
     address: AddressField
-    type: DataType = Field(description="How the registers are decoded.")
+    type: TypeField = Field(description="How the registers are decoded.")
     byte_order: Order | None = Field(
         default=None, description="Byte order inside each 16-bit register; default: the source's."
     )
