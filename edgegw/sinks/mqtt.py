@@ -297,6 +297,14 @@ class _ReadAheadClient(paho.Client):
         if self._edgegw_write_behind:
             self._flush_write_behind()
 
+    def _sock_close(self) -> None:
+        # paho closes the socket as soon as it has "sent" DISCONNECT, which then still waits
+        # in our buffer: without this flush the broker saw a dropped connection and published
+        # the last will ("offline" twice on every clean stop).
+        if self._edgegw_write_behind and self._sock is not None:
+            self._flush_write_behind()
+        super()._sock_close()
+
     def write_behind(self) -> int:
         """Bytes paho considers sent that the socket has not taken yet."""
         return len(self._edgegw_write_behind)
