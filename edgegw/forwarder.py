@@ -16,7 +16,7 @@ from edgegw.backoff import Backoff
 from edgegw.errors import OutboxError, SinkError
 from edgegw.histogram import Histogram
 from edgegw.outbox import Outbox, StoredEvent
-from edgegw.sinks.mqtt import MqttClient, MqttSettings
+from edgegw.sinks.mqtt import MqttClient, MqttSettings, reason_text
 
 log = logging.getLogger(__name__)
 
@@ -428,13 +428,20 @@ class Forwarder:
         row = self._in_flight.pop(token, None)
         if row is None:
             return
-        rows = self._batch_rows.pop(token, None) or [row]
+        batch_rows = self._batch_rows.pop(token, None)
+        rows = batch_rows or [row]
         if reason_code >= 0x80:
             self.status.refused += 1
+            topic = row.topic
+            if batch_rows is not None and self.batch is not None:
+                source = self._sources.get(row.seq)
+                topic = self.batch.topic.format(source=source) if source else "a batch topic"
             for refused in rows:
                 log.error(
-                    "broker refused a publish; the event stays in the outbox seq=%d id=%s "
-                    "reason_code=0x%02X trace=%s",
+                    "broker refused a publish (%s); the event stays in the outbox topic=%s "
+                    "seq=%d id=%s reason_code=0x%02X trace=%s",
+                    reason_text(reason_code),
+                    topic,
                     refused.seq,
                     refused.id,
                     reason_code,

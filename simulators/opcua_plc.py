@@ -24,8 +24,9 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import Coroutine, Sequence
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -45,6 +46,7 @@ __all__ = [
     "FILLER_STATES",
     "FILLER_VARIABLES",
     "NAMESPACE_URI",
+    "OPERATION_LIMITS",
     "TYPE_VALUES",
     "TYPE_VARIANTS",
     "OpcUaFaults",
@@ -66,7 +68,21 @@ SERVER_CERT_FILE = "server_cert.der"
 SERVER_KEY_FILE = "server_key.pem"
 MAX_BENCH_ITEMS = 100_000  # Item00000..Item99999: the id has five digits
 
-SecurityMode = Literal["none", "sign_encrypt"]
+#: none: only the None endpoint; sign_encrypt: only the three SignAndEncrypt ones; both: the
+#: None endpoint and the three SignAndEncrypt ones, as many PLCs ship by default.
+SecurityMode = Literal["none", "sign_encrypt", "both"]
+SECURITY_MODES: tuple[SecurityMode, ...] = ("none", "sign_encrypt", "both")
+
+#: Limits the simulator can advertise under Server.ServerCapabilities.OperationLimits and
+#: enforce: the variable's name -> the service whose requests it bounds. A client request with
+#: more operations than the limit gets a ServiceFault BadTooManyOperations, as a strict server
+#: answers (asyncua itself advertises 10,000 for each and enforces none).
+OPERATION_LIMITS: dict[str, str] = {
+    "MaxNodesPerRead": "Read",
+    "MaxNodesPerBrowse": "Browse",
+    "MaxNodesPerTranslateBrowsePathsToNodeIds": "TranslateBrowsePathsToNodeIds",
+    "MaxMonitoredItemsPerCall": "CreateMonitoredItems",
+}
 
 # --- the filling line ------------------------------------------------------------
 
@@ -183,6 +199,13 @@ class OpcUaSimStats:
     bench_write_capacity_per_s: float = 0.0
     #: Seconds from the first to the end of the last write of the last round.
     bench_round_s: float = 0.0
+    #: Client requests by service (the OPERATION_LIMITS services): operations per request ->
+    #: how many requests had that many. Counted whether or not a limit is set.
+    request_sizes: dict[str, Counter[int]] = field(
+        default_factory=lambda: {service: Counter() for service in OPERATION_LIMITS.values()}
+    )
+    #: Client requests refused with BadTooManyOperations (over an advertised limit).
+    too_many_operations: int = 0
 
 
 class _FillerModel:
@@ -408,11 +431,21 @@ class OpcUaPlc:
         bench_slice: int = BENCH_SLICE,
         tick: float = 0.1,
         seed: int = 0,
+        operation_limits: Mapping[str, int] | None = None,
+        advertise_limits: bool = True,
     ) -> None:
-        if security not in ("none", "sign_encrypt"):
-            raise ValueError(f"security must be 'none' or 'sign_encrypt', not {security!r}")
-        if security == "sign_encrypt" and pki_dir is None:
-            raise ValueError("security='sign_encrypt' needs pki_dir for the server certificate")
+        if security not in SECURITY_MODES:
+            raise ValueError(f"security must be 'none', 'sign_encrypt' or 'both', not {security!r}")
+        if security != "none" and pki_dir is None:
+            raise ValueError(f"security={security!r} needs pki_dir for the server certificate")
+        limits = dict(operation_limits or {})
+        for name, limit in limits.items():
+            if name not in OPERATION_LIMITS:
+                raise ValueError(
+                    f"unknown operation limit {name!r}; known: {', '.join(OPERATION_LIMITS)}"
+                )
+            if not isinstance(limit, int) or limit < 1:
+                raise ValueError(f"operation limit {name} must be an integer >= 1, not {limit!r}")
         if namespace_shift < 0:
             raise ValueError("namespace_shift must be >= 0")
         if not 0 <= bench_items <= MAX_BENCH_ITEMS:
@@ -432,11 +465,16 @@ class OpcUaPlc:
         self.bench_slice = bench_slice
         #: Seconds between simulation steps; <= 0 freezes the line (call step()).
         self.tick = tick
+        #: OperationLimits advertised and enforced (see OPERATION_LIMITS); read at start().
+        self.operation_limits: dict[str, int] = limits
+        #: False: enforce operation_limits while still advertising asyncua's 10,000 (a server
+        #: whose real limit is lower than it says, or that says none).
+        self.advertise_limits = advertise_limits
         self.faults = OpcUaFaults()
         self.stats = OpcUaSimStats()
         #: DER file of the server certificate (created by the first start()), or None.
         self.server_certificate_path: Path | None = (
-            pki_dir / SERVER_CERT_FILE if security == "sign_encrypt" and pki_dir else None
+            pki_dir / SERVER_CERT_FILE if security != "none" and pki_dir else None
         )
         self._model = _FillerModel(random.Random(seed))
         # Written Types.* values survive a restart, like a PLC's retentive memory.
@@ -579,8 +617,61 @@ class OpcUaPlc:
             await server.register_namespace(f"{DUMMY_NAMESPACE_PREFIX}{i}")
         self._ns_index = await server.register_namespace(NAMESPACE_URI)
         await self._build_address_space(server)
+        await self._configure_operation_limits(server)
+
+    async def _configure_operation_limits(self, server: Server) -> None:
+        """Advertise the limits and wrap each new client session so that its requests are
+        counted (stats.request_sizes) and, over a limit, refused with BadTooManyOperations.
+        Per session rather than per service: the server's own internal session (the
+        simulator's and asyncua's reads and writes) is neither counted nor limited."""
+        iserver = server.iserver
+        for name, limit in self.operation_limits.items() if self.advertise_limits else ():
+            node_id = ua.NodeId(
+                getattr(ua.ObjectIds, f"Server_ServerCapabilities_OperationLimits_{name}")
+            )
+            value = ua.DataValue(ua.Variant(limit, ua.VariantType.UInt32))
+            status = await iserver.aspace.write_attribute_value(
+                node_id, ua.AttributeIds.Value, value
+            )
+            status.check()
+        real_create_session = iserver.create_session
+
+        def create_session(*args: Any, **kwargs: Any) -> Any:
+            session = real_create_session(*args, **kwargs)
+            if session.external:
+                self._limit_session(session)
+            return session
+
+        iserver.create_session = create_session  # type: ignore[method-assign]
+
+    def _limit_session(self, session: Any) -> None:
+        limits = {OPERATION_LIMITS[name]: n for name, n in self.operation_limits.items()}
+        sizes = self.stats.request_sizes
+
+        def guarded(service: str, call: Any, count: Callable[[Any], int]) -> Any:
+            limit = limits.get(service)
+
+            async def wrapper(params: Any) -> Any:
+                size = count(params)
+                sizes[service][size] += 1
+                if limit is not None and size > limit:
+                    self.stats.too_many_operations += 1
+                    raise ua.uaerrors.BadTooManyOperations()
+                return await call(params)
+
+            return wrapper
+
+        session.read = guarded("Read", session.read, lambda p: len(p.NodesToRead))
+        session.browse = guarded("Browse", session.browse, lambda p: len(p.NodesToBrowse))
+        session.translate_browsepaths_to_nodeids = guarded(
+            "TranslateBrowsePathsToNodeIds", session.translate_browsepaths_to_nodeids, len
+        )
+        session.create_monitored_items = guarded(
+            "CreateMonitoredItems", session.create_monitored_items, lambda p: len(p.ItemsToCreate)
+        )
 
     async def _configure_security(self, server: Server) -> None:
+        """sign_encrypt: the three SignAndEncrypt endpoints only; both: the None one too."""
         assert self.pki_dir is not None
         assert self.server_certificate_path is not None
         cert_path = self.server_certificate_path
@@ -598,16 +689,18 @@ class OpcUaPlc:
             )
         await server.load_certificate(cert_path)
         await server.load_private_key(key_path)
-        server.set_security_policy(
-            [
-                ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt,
-                ua.SecurityPolicyType.Aes128Sha256RsaOaep_SignAndEncrypt,
-                ua.SecurityPolicyType.Aes256Sha256RsaPss_SignAndEncrypt,
-            ]
-        )
+        policies = [
+            ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt,
+            ua.SecurityPolicyType.Aes128Sha256RsaOaep_SignAndEncrypt,
+            ua.SecurityPolicyType.Aes256Sha256RsaPss_SignAndEncrypt,
+        ]
         # No certificate validator is installed, so any client certificate is accepted:
         # this is a test server, trust management is not what it is for.
-        #
+        if self.security == "both":
+            # A real None endpoint beside the secure ones: a None session may read everything.
+            server.set_security_policy([ua.SecurityPolicyType.NoSecurity, *policies])
+            return
+        server.set_security_policy(policies)
         # asyncua accepts a None secure channel even without a None endpoint (the
         # channel starts as None and select_policy() in common/connection.py keeps it
         # when no factory matches). That channel is needed for GetEndpoints, but a
@@ -930,12 +1023,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--security",
-        choices=["none", "sign_encrypt"],
+        choices=list(SECURITY_MODES),
         default="none",
         help=(
             "none: only the None endpoint; sign_encrypt: only Basic256Sha256, "
-            "Aes128_Sha256_RsaOaep and Aes256_Sha256_RsaPss with SignAndEncrypt "
-            "(default %(default)s)"
+            "Aes128_Sha256_RsaOaep and Aes256_Sha256_RsaPss with SignAndEncrypt; both: the "
+            "None endpoint and those three (default %(default)s)"
         ),
     )
     parser.add_argument(
@@ -943,7 +1036,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=Path,
         metavar="DIR",
         help="where the server certificate and key live (created on first start); "
-        "required with --security sign_encrypt",
+        "required with --security sign_encrypt or both",
     )
     parser.add_argument(
         "--namespace-shift",
@@ -985,11 +1078,38 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
     parser.add_argument(
+        "--operation-limit",
+        action="append",
+        default=[],
+        metavar="NAME=N",
+        help=f"advertise and enforce an OperationLimits value (repeatable; NAME one of "
+        f"{', '.join(OPERATION_LIMITS)}): larger requests get BadTooManyOperations "
+        "(default: none enforced, asyncua advertises 10000)",
+    )
+    parser.add_argument(
+        "--unadvertised-limits",
+        action="store_true",
+        help="enforce the --operation-limit values but keep advertising 10000 (a server whose "
+        "real limits are lower than it says)",
+    )
+    parser.add_argument(
         "--verbose", action="store_true", help="debug logging, including asyncua's own"
     )
     args = parser.parse_args(argv)
-    if args.security == "sign_encrypt" and args.pki_dir is None:
-        parser.error("--security sign_encrypt needs --pki-dir")
+    if args.security != "none" and args.pki_dir is None:
+        parser.error(f"--security {args.security} needs --pki-dir")
+    limits: dict[str, int] = {}
+    for item in args.operation_limit:
+        name, _, number = item.partition("=")
+        if name not in OPERATION_LIMITS:
+            parser.error(
+                f"--operation-limit {item!r}: unknown name {name!r}; known: "
+                f"{', '.join(OPERATION_LIMITS)}"
+            )
+        if not number.isdigit() or int(number) < 1:
+            parser.error(f"--operation-limit {item!r}: N must be an integer >= 1")
+        limits[name] = int(number)
+    args.operation_limits = limits
     if args.namespace_shift < 0:
         parser.error("--namespace-shift must be >= 0")
     if not 0 <= args.bench_items <= MAX_BENCH_ITEMS:
@@ -1013,6 +1133,8 @@ async def _run(args: argparse.Namespace) -> None:
         bench_slice=args.bench_slice,
         tick=args.tick,
         seed=args.seed,
+        operation_limits=args.operation_limits,
+        advertise_limits=not args.unadvertised_limits,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from asyncua import Client, ua
 
 from edgegw.pki import create_application_certificate, load_certificate, thumbprint
 from edgegw.reading import Reading
@@ -328,3 +329,74 @@ async def test_a_password_is_never_sent_where_the_server_cannot_protect_it(
         assert reading.reason is not None
         assert "user name" in reading.reason or "unencrypted" in reading.reason
         assert "s3cret" not in reading.reason
+
+
+# --- a server offering both secure and unsecured endpoints -------------------------------------
+
+
+@pytest.fixture
+async def mixed_plc(tmp_path: Path) -> AsyncIterator[OpcUaPlc]:
+    """The None endpoint and the three SignAndEncrypt ones, as many PLCs ship by default."""
+    sim = OpcUaPlc(security="both", pki_dir=tmp_path / "server-pki", tick=0.05)
+    await sim.start()
+    yield sim
+    await sim.stop()
+
+
+SECURE_OFFERED = (
+    "Aes128_Sha256_RsaOaep/SignAndEncrypt, Aes256_Sha256_RsaPss/SignAndEncrypt, "
+    "Basic256Sha256/SignAndEncrypt"
+)
+
+
+async def test_a_server_that_also_offers_secure_endpoints_is_not_used_unsecured_by_default(
+    mixed_plc: OpcUaPlc,
+) -> None:
+    endpoints = await Client(mixed_plc.url, timeout=5).connect_and_get_server_endpoints()
+    assert {e.SecurityMode for e in endpoints} == {
+        ua.MessageSecurityMode.None_,
+        ua.MessageSecurityMode.SignAndEncrypt,
+    }
+    tags = [{"name": "frozen", "node": f"{NSU}Filler.Frozen"}]
+    async with collecting(source_config(mixed_plc.url, tags)) as got:
+        await until(lambda: got.latest("frozen") is not None, 10, "a reading")
+        status = got.source.status
+        reading = got.latest("frozen")
+        assert reading is not None
+        assert (reading.value, reading.quality) == (None, "bad")
+        assert reading.reason == (
+            f"cannot connect to 127.0.0.1:{mixed_plc.port}: the server also offers secure "
+            f"endpoints ({SECURE_OFFERED}); configure 'security:', or write 'security: none' "
+            "to connect unsecured deliberately"
+        )
+        assert status.last_error == reading.reason
+        assert not status.connected
+    assert not any(r.quality == "good" for r in got.readings)
+
+
+async def test_security_none_reads_such_a_server_unsecured_deliberately(
+    mixed_plc: OpcUaPlc,
+) -> None:
+    tags = [{"name": "frozen", "node": f"{NSU}Filler.Frozen"}]
+    config = source_config(mixed_plc.url, tags, security="none")
+    async with collecting(config) as got:
+        await until(
+            lambda: (r := got.latest("frozen")) is not None and r.quality == "good",
+            15,
+            "a value over the None endpoint",
+        )
+        assert got.source.status.connected
+
+
+async def test_such_a_server_is_read_over_its_secure_endpoint_when_configured(
+    mixed_plc: OpcUaPlc, gateway_pki: tuple[Path, Path]
+) -> None:
+    assert mixed_plc.server_certificate_path is not None
+    security = secured(*gateway_pki, [str(mixed_plc.server_certificate_path)], "Basic256Sha256")
+    tags = [{"name": "frozen", "node": f"{NSU}Filler.Frozen"}]
+    async with collecting(source_config(mixed_plc.url, tags, security=security)) as got:
+        await until(
+            lambda: (r := got.latest("frozen")) is not None and r.quality == "good",
+            15,
+            "a value over the secure channel",
+        )

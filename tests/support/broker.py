@@ -6,6 +6,13 @@ broker outage and its return on the same address (what a gateway sees when the b
 With `tls=BrokerTls(...)` the one listener speaks MQTT over TLS (TLS 1.2 minimum, client
 certificates required by default), like a plant broker; with `password_file=` anonymous clients
 are refused. `tests/support/tls.py` makes the certificates and the password file.
+
+With `acl=` the text is written to an `acl_file`: rules before the first `user` line apply to
+anonymous clients, e.g. "topic readwrite s/#" then "topic deny s/a/l/plc/secret". Measured on
+Mosquitto 2.0.11: a denied QoS 1 PUBLISH is answered with PUBACK 0x87 "not authorized" to an
+MQTT 5 client and with a plain (successful) PUBACK to an MQTT 3.1.1 client, which cannot be told;
+the message goes to no subscriber either way. Change `acl`, then `reload()` (SIGHUP; clients
+stay connected) or `stop()` and `start()` (clients reconnect).
 """
 
 from __future__ import annotations
@@ -23,6 +30,12 @@ from pathlib import Path
 _FALLBACK_BINARY = "/usr/sbin/mosquitto"
 _READY_TIMEOUT = 10.0  # seconds for the broker to accept connections
 _POLL = 0.02  # seconds between readiness probes
+_QUEUE_WITH_ACL = 10_000_000
+"""max_queued_messages with an acl_file: as good as no limit for a test. Not 0 (no limit):
+Mosquitto 2.0.11 with `max_queued_messages 0` drops an MQTT 5 client's connection right after
+answering a denied publish with PUBACK 0x87 (measured with plain paho: the next PUBACK never
+comes, the client gets DISCONNECT "unspecified error"; with 100 or with no such line the
+connection stays up)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,8 +86,10 @@ class Mosquitto:
         extra_config: str = "",
         tls: BrokerTls | None = None,
         password_file: Path | None = None,
+        acl: str | None = None,
     ) -> None:
-        """`allow_anonymous` defaults to true, or to false when a `password_file` is given."""
+        """`allow_anonymous` defaults to true, or to false when a `password_file` is given.
+        `acl`: the text of an acl_file (Mosquitto's format), read at every `start()`."""
         self._binary = find_mosquitto()
         self._dir = Path(tempfile.mkdtemp(prefix="edgegw-mosquitto-"))
         if allow_anonymous is None:
@@ -83,6 +98,7 @@ class Mosquitto:
         self._extra_config = extra_config
         self._tls = tls
         self._password_file = password_file
+        self.acl = acl
         self._port: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_path = self._dir / "mosquitto.log"
@@ -156,14 +172,20 @@ class Mosquitto:
         lines = f"allow_anonymous {'true' if self._allow_anonymous else 'false'}\n"
         if self._password_file is not None:
             lines += f"password_file {self._password_file}\n"
-        if (self._tls is not None or self._password_file is not None) and os.geteuid() == 0:
+        if self.acl is not None:
+            acl_file = self._dir / "acl"
+            acl_file.write_text(self.acl if self.acl.endswith("\n") else self.acl + "\n")
+            lines += f"acl_file {acl_file}\n"
+        files = self._tls is not None or self._password_file is not None or self.acl is not None
+        if files and os.geteuid() == 0:
             # Started as root, Mosquitto 2.0 switches to the `mosquitto` user before it loads the
-            # certificates and the password file, and the test's 0600 files in a 0700 temporary
-            # directory are unreadable to it: stay root ("root" = no switch; ignored if not root).
+            # certificates, the password and the acl file, and the test's files in a 0700
+            # temporary directory are unreadable to it: stay root ("root" = no switch; ignored
+            # if not root).
             lines += "user root\n"
         return lines
 
-    def _launch(self, port: int) -> None:
+    def _write_config(self, port: int) -> Path:
         config = self._dir / "mosquitto.conf"
         config.write_text(
             f"listener {port} 127.0.0.1\n"
@@ -171,9 +193,30 @@ class Mosquitto:
             f"{self._auth_config()}"
             "persistence false\n"
             # Tests publish thousands of QoS 1 messages to one subscriber: never drop them.
-            "max_queued_messages 0\n"
+            f"max_queued_messages {_QUEUE_WITH_ACL if self.acl is not None else 0}\n"
             f"{self._extra_config}\n"
         )
+        return config
+
+    def reload(self, timeout: float = _READY_TIMEOUT) -> None:
+        """Write the config again (with the current `acl`) and SIGHUP the broker, as an
+        operator does; return once it logged the reload. Connections stay up. Mosquitto reads
+        the new rules in the same turn of its (single-threaded) loop that logs "Reloading
+        config.", so every packet it handles after that line is judged by them."""
+        if self._proc is None or self._port is None:
+            raise RuntimeError("broker is not running: nothing to reload")
+        marker = "Reloading config."
+        before = self.log().count(marker)
+        self._write_config(self._port)
+        self._proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while self.log().count(marker) <= before:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"mosquitto did not reload within {timeout} s:\n{self.log()}")
+            time.sleep(_POLL)
+
+    def _launch(self, port: int) -> None:
+        config = self._write_config(port)
         log = self._log_path.open("ab")
         try:
             self._proc = subprocess.Popen(

@@ -27,6 +27,7 @@ from simulators.opcua_plc import (
     FILLER_STATES,
     FILLER_VARIABLES,
     NAMESPACE_URI,
+    OPERATION_LIMITS,
     TYPE_VALUES,
     TYPE_VARIANTS,
     OpcUaPlc,
@@ -389,3 +390,48 @@ def test_constructor_and_cli_validation(capsys: pytest.CaptureFixture[str]) -> N
         _parse_args(["--security", "sign_encrypt"])
     args = _parse_args(["--port", "4841", "--namespace-shift", "2", "--tick", "0.5"])
     assert (args.port, args.namespace_shift, args.tick) == (4841, 2, 0.5)
+
+
+def test_security_both_and_operation_limits_are_validated(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(ValueError, match="security='both' needs pki_dir"):
+        OpcUaPlc(security="both")
+    both = OpcUaPlc(security="both", pki_dir=tmp_path)
+    assert both.server_certificate_path == tmp_path / "server_cert.der"
+    with pytest.raises(ValueError, match="unknown operation limit 'MaxNodesPerWrite'"):
+        OpcUaPlc(operation_limits={"MaxNodesPerWrite": 5})
+    with pytest.raises(ValueError, match="MaxNodesPerRead must be an integer >= 1"):
+        OpcUaPlc(operation_limits={"MaxNodesPerRead": 0})
+    limited = OpcUaPlc(operation_limits={"MaxNodesPerRead": 5}, advertise_limits=False)
+    assert (limited.operation_limits, limited.advertise_limits) == ({"MaxNodesPerRead": 5}, False)
+    assert set(limited.stats.request_sizes) == set(OPERATION_LIMITS.values())
+
+    args = _parse_args(
+        [
+            "--security",
+            "both",
+            "--pki-dir",
+            str(tmp_path),
+            "--operation-limit",
+            "MaxNodesPerRead=10",
+            "--operation-limit",
+            "MaxMonitoredItemsPerCall=7",
+        ]
+    )
+    assert args.security == "both"
+    assert args.operation_limits == {"MaxNodesPerRead": 10, "MaxMonitoredItemsPerCall": 7}
+    assert not args.unadvertised_limits
+    assert _parse_args([]).operation_limits == {}
+    for bad in (
+        ["--security", "both"],
+        ["--operation-limit", "MaxNodesPerWrite=3"],
+        ["--operation-limit", "MaxNodesPerRead=0"],
+        ["--operation-limit", "MaxNodesPerRead"],
+    ):
+        with pytest.raises(SystemExit):
+            _parse_args(bad)
+    errors = capsys.readouterr().err
+    assert "--security both needs --pki-dir" in errors
+    assert "unknown name 'MaxNodesPerWrite'" in errors
+    assert errors.count("N must be an integer >= 1") == 2
