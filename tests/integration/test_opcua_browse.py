@@ -14,7 +14,6 @@ from asyncua import Client, Server, ua
 from asyncua.ua.uaerrors import BadTooManyOperations
 
 from edgegw.errors import EdgeGwError
-from edgegw.sources.opcua import browse
 from edgegw.sources.opcua.browse import (
     BrowsedVariable,
     browse_variables,
@@ -331,43 +330,6 @@ async def test_continuation_points_and_operation_limits_are_honoured(
     assert any(size > 7 for size in read_sizes)  # refused, then split in halves
     assert pager.next_calls > 0  # references came in pages
     assert pager.refused > 0  # BadNoContinuationPoints, browsed again later
-
-
-@on_server
-async def test_advertised_limits_size_the_requests(
-    client: Client, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    async def limits(_client: Client) -> dict[str, int]:
-        return {"browse": 2, "read": 4, "translate": 1}
-
-    sizes: dict[str, list[int]] = {"read": [], "browse": [], "translate": []}
-    real_read = client.uaclient.read
-    real_browse = client.uaclient.browse
-    real_translate = client.uaclient.translate_browsepaths_to_nodeids
-
-    async def counting_read(params: ua.ReadParameters) -> list[ua.DataValue]:
-        sizes["read"].append(len(params.NodesToRead))
-        return await real_read(params)
-
-    async def counting_browse(params: ua.BrowseParameters) -> list[ua.BrowseResult]:
-        sizes["browse"].append(len(params.NodesToBrowse))
-        return await real_browse(params)
-
-    async def counting_translate(paths: list[ua.BrowsePath]) -> list[ua.BrowsePathResult]:
-        sizes["translate"].append(len(paths))
-        return await real_translate(paths)
-
-    expected = await browse_variables(client)
-    monkeypatch.setattr(browse, "_operation_limits", limits)
-    monkeypatch.setattr(client.uaclient, "read", counting_read)
-    monkeypatch.setattr(client.uaclient, "browse", counting_browse)
-    monkeypatch.setattr(client.uaclient, "translate_browsepaths_to_nodeids", counting_translate)
-    assert await browse_variables(client) == expected
-    assert {service: max(counts) for service, counts in sizes.items()} == {
-        "read": 4,
-        "browse": 2,
-        "translate": 1,
-    }
 
 
 # --- names and YAML (no server needed) -------------------------------------------------------
