@@ -244,6 +244,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.id = extra.pop()
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command == "run":
+        # A stop request while still starting (imports, reading the config) ends cleanly
+        # with 0; run_gateway installs the real handlers before the outbox opens.
+        signal.signal(signal.SIGTERM, _stop_before_start)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload before the start: no-op
     from edgegw.logs import setup_logging
 
     setup_logging(args.log_level, {"auto": None, "text": False, "json": True}[args.log_format])
@@ -291,10 +296,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{args.config}: ok ({len(config.sources)} sources, {count} tags)")
             return 0
         if args.command == "run":
-            # A stop request while still starting (imports, config) ends cleanly with 0;
-            # run_gateway installs the real handlers before the outbox opens.
-            signal.signal(signal.SIGTERM, _stop_before_start)
-            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload before the start: no-op
             from edgegw.app import run_gateway
 
             asyncio.run(run_gateway(config, args.config))

@@ -134,6 +134,13 @@ _REPEAT_CONFLICT = (
     "UPDATE quarantine SET count = count + 1, last_value = ?, last_ts = ? "
     "WHERE id = ? AND rule = 'conflict'"
 )
+# An event held by its contract and detected again with the same data (after a bad read, after
+# a restart) while its record waits unreleased: the same record, counted, not one more per
+# detection with one id (an operator would otherwise release one and see the others refused).
+_REPEAT_HELD_EVENT = (
+    "UPDATE quarantine SET count = count + 1, last_value = ?, last_ts = ? "
+    "WHERE id = ? AND kind = 'event' AND rule = ? AND value = ? AND released IS NULL"
+)
 EVENT_SCHEMA_PREFIX = "edgegw.event/"
 GAP_SCHEMA = "edgegw.gap/1"
 NORMAL_SYNC_INTERVAL = 0.2  # seconds; with synchronous=normal, the power-loss window
@@ -649,6 +656,14 @@ class Outbox:
                         record.last_ts or record.ts,
                         record.key,
                     ),
+                )
+                if cursor.rowcount:
+                    continue
+            elif record.kind == "event":
+                value = orjson.dumps(record.value, default=str)
+                cursor = await self.db.execute(
+                    _REPEAT_HELD_EVENT,
+                    (value, record.last_ts or record.ts, record.key, record.rule, value),
                 )
                 if cursor.rowcount:
                     continue

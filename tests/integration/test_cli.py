@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import re
+import sqlite3
 import subprocess
 import sys
 import time
@@ -132,7 +135,14 @@ def test_outbox_stats_after_a_demo(tmp_path: Path) -> None:
         check=True,
     )
     config_path = tmp_path / "mosquitto" / "demo.yaml"
-    assert f"  edgegw outbox stats -c {config_path}" in finished.stdout.splitlines()
+    lines = finished.stdout.splitlines()
+    assert f"  edgegw outbox stats -c {config_path}" in lines
+    # What the demo's subscriber received: seq 1..received, every one.
+    gaps = re.fullmatch(
+        r"0 \(seq 1\.\.(\d+), every one arrived\)", summary_count(lines, "seq gaps")
+    )
+    assert gaps, finished.stdout
+    received = int(gaps[1])
     result = subprocess.run(
         [sys.executable, "-m", "edgegw", "outbox", "stats", "-c", str(config_path), "--json"],
         capture_output=True,
@@ -141,9 +151,15 @@ def test_outbox_stats_after_a_demo(tmp_path: Path) -> None:
         check=True,
     )
     stats = json.loads(result.stdout)
-    assert stats["last_seq"] >= 1
-    assert stats["depth"] >= 0
+    # What the file holds (what waits for the broker depends on how the stop went: in-flight
+    # publishes finish, rows committed after stay; the subscriber may lag behind).
+    with contextlib.closing(sqlite3.connect(f"file:{stats['path']}?mode=ro", uri=True)) as db:
+        depth, first = db.execute("SELECT count(*), min(seq) FROM outbox").fetchone()
+    assert (stats["depth"], stats["first_seq"]) == (depth, first)
+    assert stats["path"] == str(tmp_path / "mosquitto" / "outbox.sqlite3")
+    assert stats["last_seq"] >= received  # every seq the subscriber saw was assigned
     assert stats["dropped"] == 0
+    assert stats["quarantined"] == 0
     text = subprocess.run(
         [sys.executable, "-m", "edgegw", "outbox", "stats", "-c", str(config_path)],
         capture_output=True,
@@ -151,4 +167,60 @@ def test_outbox_stats_after_a_demo(tmp_path: Path) -> None:
         timeout=20,
         check=True,
     ).stdout
-    assert "events waiting for the broker" in text
+    assert f"depth       {stats['depth']} events waiting for the broker" in text.splitlines()
+    waiting = "none waiting" if stats["first_seq"] is None else f"first {stats['first_seq']}"
+    assert f"seq         {waiting}, last assigned {stats['last_seq']}" in text.splitlines()
+
+
+@pytest.mark.timeout(60)
+async def test_outbox_stats_of_a_known_outbox(tmp_path: Path) -> None:
+    """Exact figures: 5 events committed, seq 1 and 2 acknowledged, 1 record quarantined."""
+    from edgegw.outbox import Outbox, PendingEvent
+    from edgegw.quarantine import QuarantineRecord
+
+    state = tmp_path / "state"
+    config = tmp_path / "gw.yaml"
+    config.write_text(
+        f"gateway: {{id: gw, site: s, area: a, line: l, state_dir: {state}}}\n"
+        "mqtt: {url: 'mqtt://127.0.0.1:1883'}\n"
+        "sources:\n"
+        "  - {name: plc, protocol: modbus, url: 'tcp://127.0.0.1:502',\n"
+        "     tags: [{name: t, address: 'holding:0', type: uint16}]}\n"
+    )
+    created = time.time() - 90
+    box = Outbox(str(state / "outbox.sqlite3"), gateway="gw")
+    await box.open()
+    events = [
+        PendingEvent(f"k{i}", "edgegw.telemetry/1", "s/a/l/plc/t", {"seq": 0}, "t", created)
+        for i in range(5)
+    ]
+    held = QuarantineRecord(
+        "q", "telemetry", "plc.t", "range", 9, "9 is above max 1", "s/a/l/plc/t", None, "t",
+        created, created,
+    )  # fmt: skip
+    await box.append(events, [held])
+    await box.delete_acknowledged([1, 2])
+    await box.close()
+
+    def stats(*extra: str) -> str:
+        return subprocess.run(
+            [sys.executable, "-m", "edgegw", "outbox", "stats", "-c", str(config), *extra],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        ).stdout
+
+    figures = json.loads(await asyncio.to_thread(stats, "--json"))
+    assert {k: figures[k] for k in ("depth", "first_seq", "last_seq", "dropped")} == {
+        "depth": 3,
+        "first_seq": 3,
+        "last_seq": 5,
+        "dropped": 0,
+    }
+    assert figures["quarantined"] == 1
+    assert 90 <= figures["oldest_age_seconds"] < 90 + 60
+    text = (await asyncio.to_thread(stats)).splitlines()
+    assert "depth       3 events waiting for the broker" in text
+    assert "seq         first 3, last assigned 5" in text
+    assert "quarantine  1 records (edgegw quarantine -c FILE)" in text

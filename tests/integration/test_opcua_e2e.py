@@ -4,6 +4,7 @@ and the browse command's output accepted by `edgegw check`."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import signal
 import subprocess
 import sys
@@ -64,6 +65,13 @@ def gateway_config(state_dir: Path, mqtt_port: int, url: str) -> dict[str, Any]:
     }
 
 
+def epoch(stamp: str) -> float:
+    """'2026-12-04T21:13:24.123Z' as seconds since the epoch, whatever the local time zone
+    (time.mktime reads local time: an hour off under summer time, even corrected by
+    time.timezone, which is the zone's winter offset)."""
+    return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
 def payloads(sub: Subscriber) -> list[dict[str, Any]]:
     return [orjson.loads(m.payload) for m in sub.messages if not m.topic.endswith("/status")]
 
@@ -85,9 +93,7 @@ async def test_subscribed_and_polled_sources_reach_mqtt_and_survive_a_server_res
                     if p["source"] == source
                     and p["tag"] == tag
                     and p["quality"] == "good"
-                    and time.mktime(time.strptime(p["gw_ts"][:19], "%Y-%m-%dT%H:%M:%S"))
-                    - time.timezone
-                    >= since - 1
+                    and epoch(p["gw_ts"]) >= since
                 ]
 
             await until(

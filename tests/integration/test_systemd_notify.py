@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -77,12 +78,26 @@ async def test_ready_watchdog_pings_and_stopping(
     assert all(m in ("WATCHDOG=1",) or m.startswith("STATUS=") for m in messages[stopping[0] + 1 :])
 
 
-def test_without_notify_socket_nothing_is_sent_and_nothing_fails() -> None:
+def test_without_notify_socket_nothing_is_sent_and_nothing_fails(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    opened: list[tuple[object, ...]] = []
+
+    def no_socket(*args: object) -> socket.socket:
+        opened.append(args)
+        raise AssertionError("a socket was opened without NOTIFY_SOCKET")
+
+    monkeypatch.setattr(socket, "socket", no_socket)  # what sdnotify would send with
     notifier = Notifier({})
     assert not notifier.enabled
     assert notifier.watchdog_interval is None
-    notifier.ready("x")
-    notifier.watchdog()
+    with caplog.at_level(logging.DEBUG, logger="edgegw.sdnotify"):
+        notifier.ready("x")
+        notifier.watchdog()
+        notifier.status("y")
+        notifier.stopping("z")
+    assert opened == []
+    assert caplog.records == []
 
 
 def test_watchdog_interval_is_half_and_only_for_this_process() -> None:
@@ -94,7 +109,9 @@ def test_watchdog_interval_is_half_and_only_for_this_process() -> None:
     assert Notifier({"WATCHDOG_USEC": "soon"}).watchdog_interval is None
 
 
-def test_an_abstract_socket_name_and_a_vanished_socket(tmp_path: Path) -> None:
+def test_an_abstract_socket_name_and_a_vanished_socket(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     name = f"edgegw-test-{os.getpid()}"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     listener.bind("\0" + name)
@@ -103,6 +120,16 @@ def test_an_abstract_socket_name_and_a_vanished_socket(tmp_path: Path) -> None:
         assert listener.recv(4096) == b"READY=1\nSTATUS=up"
     finally:
         listener.close()
-    gone = Notifier({"NOTIFY_SOCKET": str(tmp_path / "missing.sock")})
-    gone.watchdog()  # logged once, never raised
-    gone.watchdog()
+    missing = tmp_path / "missing.sock"
+    gone = Notifier({"NOTIFY_SOCKET": str(missing)})
+    with caplog.at_level(logging.DEBUG, logger="edgegw.sdnotify"):
+        for _ in range(3):  # never raised...
+            gone.watchdog()
+        gone.status("still here")
+    # ... and logged once, naming the socket, not once per ping (every WatchdogSec/2).
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        (
+            "WARNING",
+            f"cannot notify systemd socket={missing} error=[Errno 2] No such file or directory",
+        )
+    ]

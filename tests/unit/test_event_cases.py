@@ -96,8 +96,40 @@ async def test_event_case(case: Path, tmp_path: Path) -> None:
     expected = yaml.safe_load((case / "expected.yaml").read_text())
     got = await run_case(case, tmp_path)
     shown = yaml.safe_dump({k: got[k] for k in ("events", "quarantine", "bad")}, sort_keys=False)
-    assert got["events"] == expected.get("events", []), shown
-    assert got["quarantine"] == expected.get("quarantine", []), shown
-    if "bad" in expected:
-        assert got["bad"] == expected["bad"], shown
+    # Every case states all three (`[]` for none): a missing key would compare nothing.
+    assert set(expected) == {"events", "quarantine", "bad"}, f"{case.name}/expected.yaml"
+    assert got["events"] == expected["events"], shown
+    assert got["quarantine"] == expected["quarantine"], shown
+    assert got["bad"] == expected["bad"], shown
     assert len(set(got["ids"])) == len(got["ids"]), "one row per event id"
+
+
+async def test_an_event_held_by_its_contract_and_detected_again_is_one_record(
+    tmp_path: Path,
+) -> None:
+    case = tmp_path / "held-again"
+    case.mkdir()
+    (case / "config.yaml").write_bytes(
+        (
+            Path(__file__).parent.parent / "events" / "contract-violations" / "config.yaml"
+        ).read_bytes()
+    )
+    (case / "script.yaml").write_text(
+        """
+- {at: 0, cell.state: 1, cell.batch: B001, cell.good: 10}
+- {at: 1, cell.state: 3, cell.batch: B001, cell.good: 120000}
+- {at: 2, cell.state: {bad: "no reply within 1s"}, cell.batch: B001, cell.good: 120000}
+- {at: 3, cell.state: 3, cell.batch: B001, cell.good: 120000}
+- restart
+- {at: 4, cell.state: 3, cell.batch: B001, cell.good: 120000}
+"""
+    )
+    state = tmp_path / "state"
+    state.mkdir()
+    got = await run_case(case, state)
+    assert got["events"] == []
+    assert [(r["rule"], r["reason"]) for r in got["quarantine"]] == [
+        ("contract", "good 120000 is above max 100000")
+    ]
+    # Detected at 1 s, again after the bad read (3 s) and after the restart (4 s): counted.
+    assert got["quarantine"][0]["count"] == 3
