@@ -10,6 +10,12 @@ one used here starts at its own base (register 1000+i at i*1000), so a value pub
 tag can be checked against what that register really held: per tag, values in seq order must
 rise strictly and stay in that register's range. A late reply matched to the next request would
 show up as a value out of sequence or as a value from another register's range.
+
+Waits for values (N good values per tag, recovery, every committed seq on the broker) are
+progress-based: they go on while values keep arriving and fail when none came for a stall
+(tests.support.wait); waits for a state (bad with a reason, the simulator hit) are conditions
+with generous timeouts. Each test's timeout is at least the sum of its waits: the condition
+timeouts, plus for each progress wait one stall and five times what it takes here.
 """
 
 from __future__ import annotations
@@ -36,8 +42,9 @@ from simulators.opcua_plc import FILLER_STATES, FROZEN_VALUE, NAMESPACE_URI, Opc
 from tests.faults.conftest import FaultReport
 from tests.support.broker import Mosquitto
 from tests.support.gateway import GatewayProcess, config_dict, write_config
+from tests.support.ledger import ranges
 from tests.support.subscriber import Subscriber
-from tests.support.wait import until
+from tests.support.wait import STALL, until, until_progress
 
 TELEMETRY = "edgegw.telemetry/1"
 BENCH_REGISTERS = 50
@@ -48,6 +55,10 @@ POLL = 0.1
 TIMEOUT = 0.3
 OUTAGE = 2.0  # seconds the Modbus server stays stopped
 DELAY = 1.0  # seconds before each reply during the slow-reply fault: beyond TIMEOUT
+# The first wait of a test includes the gateway's start (a Python process, an OPC UA session):
+# no value arrives for a while, longer on a slow machine.
+START_STALL = 30.0
+WINDOW = 50  # values of the healthy source per rate window: about 5 s at 10 values/s
 NSU = f"nsu={NAMESPACE_URI};s="
 
 Key = tuple[str, str]  # (source, tag)
@@ -156,8 +167,47 @@ def good_count(feed: Feed, keys: Iterable[Key]) -> dict[Key, int]:
     return {key: sum(p["quality"] == "good" for p in feed.of(key)) for key in keys}
 
 
-def all_good_at_least(feed: Feed, keys: list[Key], n: int) -> Callable[[], bool]:
-    return lambda: all(count >= n for count in good_count(feed, keys).values())
+def _short(counts: dict[Key, int], n: int) -> str:
+    short = [f"{source}.{tag} ({count})" for (source, tag), count in counts.items() if count < n]
+    return f"tags short of {n}: {', '.join(short)}"
+
+
+async def good_values(
+    feed: Feed, keys: list[Key], n: int, what: str, *, stall: float = STALL
+) -> None:
+    """Until every tag has `n` good values, for as long as good values keep arriving."""
+    await until_progress(
+        lambda: sum(min(count, n) for count in good_count(feed, keys).values()),
+        n * len(keys),
+        stall=stall,
+        what=what,
+        missing=lambda: _short(good_count(feed, keys), n),
+    )
+
+
+async def recovered(
+    feed: Feed, keys: list[Key], n: int, what: str, *, stall: float = STALL
+) -> None:
+    """Until every tag has `n` good values after its last bad one, for as long as they keep
+    coming (a new bad value starts that tag's count again)."""
+
+    def after() -> dict[Key, int]:
+        return {key: (f.after if (f := phases(feed.of(key))) else 0) for key in keys}
+
+    await until_progress(
+        lambda: sum(min(count, n) for count in after().values()),
+        n * len(keys),
+        stall=stall,
+        what=what,
+        missing=lambda: _short(after(), n),
+    )
+
+
+async def more_good_values(feed: Feed, key: Key, n: int, what: str) -> int:
+    """Until `key` has `n` good values more than now, while they keep coming; the count then."""
+    start = good_count(feed, [key])[key]
+    await until_progress(lambda: good_count(feed, [key])[key] - start, n, what=what)
+    return good_count(feed, [key])[key]
 
 
 def all_bad_with(feed: Feed, keys: list[Key], accept: Callable[[str], bool]) -> Callable[[], bool]:
@@ -166,17 +216,6 @@ def all_bad_with(feed: Feed, keys: list[Key], accept: Callable[[str], bool]) -> 
             any(p["quality"] == "bad" and accept(p.get("reason") or "") for p in feed.of(key))
             for key in keys
         )
-
-    return check
-
-
-def all_recovered(feed: Feed, keys: list[Key], n: int) -> Callable[[], bool]:
-    def check() -> bool:
-        for key in keys:
-            found = phases(feed.of(key))
-            if found is None or found.after < n:
-                return False
-        return True
 
     return check
 
@@ -302,9 +341,16 @@ async def ledger(feed: Feed, outbox_path: str) -> Ledger:
     def delivered() -> set[int]:
         return {p["seq"] for p in feed.refresh().payloads}
 
-    # A lost seq is reported in the ledger row (and then fails the test), not as a timeout.
+    # The broker may still be handing the subscriber what the gateway sent before its stop:
+    # wait while seqs keep arriving. A lost seq is reported in the ledger row (and then fails
+    # the test), not as a timeout.
     with contextlib.suppress(AssertionError):
-        await until(lambda: delivered() >= expected, 10, "every committed seq on the broker")
+        await until_progress(
+            lambda: len(expected & delivered()),
+            len(expected),
+            what="committed seqs on the broker",
+            missing=lambda: f"seqs {ranges(expected - delivered())} never arrived",
+        )
     payloads = feed.refresh().payloads
     ids = {p["id"] for p in payloads}
     id_of_seq: dict[int, set[str]] = defaultdict(set)
@@ -361,7 +407,9 @@ def rate(feed: Feed, key: Key, start: float, end: float) -> float:
 # --- 1. Modbus PLC drops its connections -------------------------------------------------------
 
 
-@pytest.mark.timeout(45)
+# progress: start (30 + 5), recovery (15 + 5) + 10 bad + 15 drops + 20 stop + ledger (15 + 5)
+# ~ 120 s (about 10 s here)
+@pytest.mark.timeout(150)
 async def test_modbus_dropped_connections(
     tmp_path: Path,
     plc: ModbusPlc,
@@ -377,7 +425,7 @@ async def test_modbus_dropped_connections(
     feed = Feed(subscriber)
     keys = [("plc", f"r{i}") for i in TEN_TAGS]
     async with gateway_running(path) as gateway:
-        await until(all_good_at_least(feed, keys, 10), 20, "10 good values per tag")
+        await good_values(feed, keys, 10, "good values (10 per tag)", stall=START_STALL)
         dropped = plc.stats.connections_dropped
         fault_on = time.monotonic()
         plc.faults.drop_connections = True
@@ -387,7 +435,7 @@ async def test_modbus_dropped_connections(
         )
         plc.faults.drop_connections = False
         held = time.monotonic() - fault_on
-        await until(all_recovered(feed, keys, 10), 20, "10 good values per tag after the fault")
+        await recovered(feed, keys, 10, "good values after the fault (10 per tag)")
         await stop_gateway(gateway)
 
     figures = await ledger(feed, str(tmp_path / "outbox.sqlite3"))
@@ -409,7 +457,9 @@ async def test_modbus_dropped_connections(
 # --- 2. Replies slower than the timeout --------------------------------------------------------
 
 
-@pytest.mark.timeout(60)
+# progress: start (30 + 10), 50 baseline, 50 during, recovery, ledger (4 x 15 + 4 x 25)
+# + 15 bad + 20 stop ~ 235 s (about 17 s here)
+@pytest.mark.timeout(270)
 async def test_modbus_slow_replies_beyond_the_timeout(
     tmp_path: Path,
     plc: ModbusPlc,
@@ -439,25 +489,25 @@ async def test_modbus_slow_replies_beyond_the_timeout(
     probe = other_keys[0]
     expected_reason = f"no reply within {TIMEOUT:g}s"
     async with gateway_running(path) as gateway:
-        await until(all_good_at_least(feed, keys + other_keys, 10), 20, "10 good values per tag")
-        base_start = time.time()
-        base_count = good_count(feed, [probe])[probe]
-        await until(
-            lambda: good_count(feed, [probe])[probe] >= base_count + 20, 10, "a baseline rate"
+        await good_values(
+            feed, keys + other_keys, 10, "good values (10 per tag)", stall=START_STALL
         )
+        # Rate windows of about 5 s each (50 values at 10/s): a rate over a second or two
+        # swings with the load of a shared machine.
+        base_start = time.time()
+        await more_good_values(feed, probe, WINDOW, "baseline values of the other source")
         base_end = time.time()
 
         fault_on = time.time()
         held_from = time.monotonic()
         plc.faults.delay = DELAY
         await until(all_bad_with(feed, keys, lambda r: r == expected_reason), 15, "slow tags bad")
-        during = good_count(feed, [probe])[probe]
-        # Hold the fault while the other source publishes another 30 values.
-        await until(lambda: good_count(feed, [probe])[probe] >= during + 30, 15, "the other source")
+        # Hold the fault while the other source publishes another WINDOW values.
+        await more_good_values(feed, probe, WINDOW, "values of the other source during the fault")
         fault_off = time.time()
         plc.faults.delay = 0.0
         held = time.monotonic() - held_from
-        await until(all_recovered(feed, keys, 10), 25, "10 good values per slow tag after it")
+        await recovered(feed, keys, 10, "good values per slow tag after it (10 per tag)")
         await stop_gateway(gateway)
 
     figures = await ledger(feed, str(tmp_path / "outbox.sqlite3"))
@@ -487,7 +537,9 @@ async def test_modbus_slow_replies_beyond_the_timeout(
 # --- 3. Exception replies ----------------------------------------------------------------------
 
 
-@pytest.mark.timeout(45)
+# progress: start (30 + 5), recovery (15 + 5) + 2 x (10 + 10) + 20 stop + ledger (15 + 5)
+# ~ 135 s (7 s here)
+@pytest.mark.timeout(150)
 async def test_modbus_exception_replies(
     tmp_path: Path,
     plc: ModbusPlc,
@@ -503,7 +555,7 @@ async def test_modbus_exception_replies(
         4: "modbus exception 4: server device failure",
     }
     async with gateway_running(path) as gateway:
-        await until(all_good_at_least(feed, keys, 10), 20, "10 good values per tag")
+        await good_values(feed, keys, 10, "good values (10 per tag)", stall=START_STALL)
         fault_on = time.monotonic()
         for code, reason in expected.items():
             seen = plc.stats.exceptions
@@ -518,7 +570,7 @@ async def test_modbus_exception_replies(
             )
         plc.faults.exception_code = None
         held = time.monotonic() - fault_on
-        await until(all_recovered(feed, keys, 10), 20, "10 good values per tag after the fault")
+        await recovered(feed, keys, 10, "good values after the fault (10 per tag)")
         await stop_gateway(gateway)
 
     figures = await ledger(feed, str(tmp_path / "outbox.sqlite3"))
@@ -542,7 +594,9 @@ async def test_modbus_exception_replies(
 # --- 4. Modbus server restart ------------------------------------------------------------------
 
 
-@pytest.mark.timeout(45)
+# progress: start (30 + 5) + 15 bad + 2 outage + recovery (30 + 10) + 20 stop + ledger
+# (15 + 5) ~ 135 s (8 s here)
+@pytest.mark.timeout(150)
 async def test_modbus_server_restart(
     tmp_path: Path,
     plc: ModbusPlc,
@@ -555,7 +609,7 @@ async def test_modbus_server_restart(
     keys = [("plc", f"r{i}") for i in TEN_TAGS]
     port = plc.port
     async with gateway_running(path) as gateway:
-        await until(all_good_at_least(feed, keys, 10), 20, "10 good values per tag")
+        await good_values(feed, keys, 10, "good values (10 per tag)", stall=START_STALL)
         fault_on = time.monotonic()
         await plc.stop()
         await until(
@@ -569,7 +623,8 @@ async def test_modbus_server_restart(
         await plc.start()
         held = time.monotonic() - fault_on
         assert plc.port == port
-        await until(all_recovered(feed, keys, 10), 30, "10 good values per tag after the restart")
+        # The reconnect backoff grew during the outage: nothing may arrive for a few seconds.
+        await recovered(feed, keys, 10, "good values after the restart (10 per tag)", stall=30)
         await stop_gateway(gateway)
 
     figures = await ledger(feed, str(tmp_path / "outbox.sqlite3"))
@@ -628,7 +683,9 @@ def check_opcua_values(feed: Feed) -> None:
         assert not backwards, f"{source}.count went back: {backwards[:5]}"
 
 
-@pytest.mark.timeout(45)
+# progress: start (30 + 15) + 10 bad + 10 ticks + recovery (15 + 5) + 20 stop + ledger
+# (15 + 5) ~ 125 s (7 s here)
+@pytest.mark.timeout(150)
 async def test_opcua_sensor_bad_status(
     tmp_path: Path,
     ua_plc: OpcUaPlc,
@@ -641,7 +698,7 @@ async def test_opcua_sensor_bad_status(
     sensors = [(s, "sensor") for s in UA_SOURCES]
     others = [(s, t) for s in UA_SOURCES for t in ("count", "state", "frozen")]
     async with gateway_running(path) as gateway:
-        await until(all_good_at_least(feed, sensors, 5), 25, "5 good sensor values per source")
+        await good_values(feed, sensors, 5, "good sensor values (5 per source)", stall=START_STALL)
         fault_on = time.monotonic()
         ua_plc.faults.sensor_bad = True
         await until(
@@ -653,7 +710,7 @@ async def test_opcua_sensor_bad_status(
         await until(lambda: ua_plc.stats.ticks >= ticks + 20, 10, "20 more simulation ticks")
         ua_plc.faults.sensor_bad = False
         held = time.monotonic() - fault_on
-        await until(all_recovered(feed, sensors, 5), 15, "5 good sensor values after the fault")
+        await recovered(feed, sensors, 5, "good sensor values after the fault (5 per source)")
         await stop_gateway(gateway)
 
     figures = await ledger(feed, str(tmp_path / "outbox.sqlite3"))
@@ -673,7 +730,9 @@ async def test_opcua_sensor_bad_status(
     check_opcua_values(feed)
 
 
-@pytest.mark.timeout(60)
+# progress: start (30 + 15), 5 sensor values (15 + 5) + restart + 15 bad + recovery (30 + 10)
+# + 20 stop + ledger (15 + 5) ~ 175 s (10 s here)
+@pytest.mark.timeout(210)
 async def test_opcua_server_restart_with_shifted_namespaces(
     tmp_path: Path,
     ua_plc: OpcUaPlc,
@@ -687,16 +746,16 @@ async def test_opcua_server_restart_with_shifted_namespaces(
     old_index = ua_plc.namespace_index
     async with gateway_running(path) as gateway:
         # Subscribe mode sends Frozen (never changing) once per subscription: one value each.
-        await until(all_good_at_least(feed, keys, 1), 25, "a good value on every tag")
+        await good_values(feed, keys, 1, "a good value on every tag", stall=START_STALL)
         sensors = [(s, "sensor") for s in UA_SOURCES]
-        await until(all_good_at_least(feed, sensors, 5), 10, "5 sensor values per source")
+        await good_values(feed, sensors, 5, "good sensor values (5 per source)")
         await ua_plc.restart(namespace_shift=3)
         assert ua_plc.namespace_index == old_index + 3
         await until(
             all_bad_with(feed, keys, bool), 15, "every tag bad with a reason after the restart"
         )
         # A new subscription sends every item's current value: every tag recovers visibly.
-        await until(all_recovered(feed, keys, 1), 25, "a good value on every tag after it")
+        await recovered(feed, keys, 1, "a good value on every tag after it", stall=30)
         await stop_gateway(gateway)
 
     figures = await ledger(feed, str(tmp_path / "outbox.sqlite3"))

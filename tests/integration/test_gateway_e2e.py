@@ -3,13 +3,17 @@
 "Nothing lost" is proven by counting: every seq from 1 to the last one assigned arrives, each
 with one id, and the simulator's bench registers (which change at every read) arrive as an
 unbroken run of values per tag.
+
+Waits on volumes are progress-based (tests.support.wait): they go on while messages keep
+arriving and fail when they stall. Each test's timeout is at least the sum of its waits: the
+condition timeouts, plus for each progress wait one stall (15 s) and five times what it takes
+here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -27,8 +31,10 @@ from tests.support.gateway import (
     write_config,
 )
 from tests.support.ledger import (
+    Tally,
     assert_complete,
     assert_unbroken_runs,
+    backlog_sent,
     delivered_and_stored,
     telemetry,
 )
@@ -51,7 +57,8 @@ async def run_in_background(gateway: Gateway) -> asyncio.Task[None]:
     return task
 
 
-@pytest.mark.timeout(30)
+# 10 start + 20 values + 10 stop = 40 s
+@pytest.mark.timeout(60)
 async def test_values_arrive_decoded(
     tmp_path: Path, plc: ModbusPlc, mosquitto: Mosquitto, subscriber: Subscriber
 ) -> None:
@@ -81,7 +88,7 @@ async def test_values_arrive_decoded(
     gateway = Gateway(config)
     task = await run_in_background(gateway)
     got = await subscriber.wait_for(
-        lambda m: len(telemetry(m)) >= len(tags), 10, what="one value per tag"
+        lambda m: len(telemetry(m)) >= len(tags), 20, what="one value per tag"
     )
     gateway.request_stop()
     await asyncio.wait_for(task, 10)
@@ -111,7 +118,9 @@ async def test_values_arrive_decoded(
     assert [m.payload for m in status][:1] == [b"online"]
 
 
-@pytest.mark.timeout(60)
+# 10 start + 20 traffic + 10 outage + 20 reconnect + backlog (15 + 5 x 2 + 20 empty) + 20 stop
+# + subscriber caught up (15 + 5 x 3) ~ 165 s (16 s here)
+@pytest.mark.timeout(180)
 async def test_broker_unreachable_for_10s_loses_nothing(
     tmp_path: Path, plc: ModbusPlc, mosquitto: Mosquitto, subscriber: Subscriber
 ) -> None:
@@ -121,7 +130,7 @@ async def test_broker_unreachable_for_10s_loses_nothing(
     task = await run_in_background(gateway)
     try:
         await subscriber.wait_for(
-            lambda m: len(telemetry(m)) >= 100, 10, what="traffic before the cut"
+            lambda m: len(telemetry(m)) >= 100, 20, what="traffic before the cut"
         )
         proxy.cut()
         committed_at_cut = gateway.committed
@@ -131,7 +140,7 @@ async def test_broker_unreachable_for_10s_loses_nothing(
         assert gateway.outbox.depth > 500
         proxy.heal()
         await until(lambda: gateway.forwarder.status.broker_up, 20, "reconnect")
-        await until(lambda: gateway.outbox.depth == 0, 30, "the backlog to drain")
+        await backlog_sent(config.outbox_path)
     finally:
         proxy.heal()
     gateway.request_stop()
@@ -143,7 +152,8 @@ async def test_broker_unreachable_for_10s_loses_nothing(
     assert assert_unbroken_runs(messages) == last_seq
 
 
-@pytest.mark.timeout(30)
+# 30 traffic + 30 stop + subscriber caught up (15 + 5 x 1) ~ 80 s (3 s here)
+@pytest.mark.timeout(120)
 async def test_sigterm_exits_0_promptly_and_keeps_the_backlog(
     tmp_path: Path, plc: ModbusPlc, mosquitto: Mosquitto, subscriber: Subscriber
 ) -> None:
@@ -151,20 +161,30 @@ async def test_sigterm_exits_0_promptly_and_keeps_the_backlog(
         tmp_path / "gw.yaml", config_dict(tmp_path, mosquitto.port, plc.port, bench_tags(20))
     )
     process = await GatewayProcess(path).start()
-    await subscriber.wait_for(lambda m: len(telemetry(m)) >= 200, 15, what="traffic")
-    started = time.monotonic()
+    await Tally(subscriber).wait_items(200)
     process.signal(signal.SIGTERM)
-    assert await process.wait(10) == 0
-    assert time.monotonic() - started < 5
+    # Exit 0 before systemd's TimeoutStopSec (30 s in systemd/edgegw.service) would kill it.
+    assert await process.wait(30) == 0
     messages = [entry["msg"] for entry in process.log()]
     assert any(m.startswith("gateway stopped") for m in messages), messages[-5:]
+    # "Promptly" without a stopwatch: with a healthy broker no stop stage waited out its grace
+    # (each logs when it does). The stop time itself is a figure of bench/catchup.py
+    # (stop_seconds), not a pass mark sized on one machine.
+    waited = [
+        m
+        for m in messages
+        if m.startswith(("stopping without committing", "shutdown with unacknowledged"))
+    ]
+    assert not waited, waited
     # What was not acknowledged before the exit waits on disk: together with what arrived,
     # every seq is accounted for exactly once.
     messages, last_seq = await delivered_and_stored(subscriber, str(tmp_path / "outbox.sqlite3"))
     assert_complete(messages, last_seq)
 
 
-@pytest.mark.timeout(90)
+# 5 x (progress 15 + 5 x 1 + 10 kill) + 30 started + backlog (15 + 5 + 20 empty) + 30 traffic
+# + 30 stop + subscriber caught up (15 + 5) ~ 320 s (12 s here)
+@pytest.mark.timeout(360)
 async def test_kill_9_loses_nothing_committed(
     tmp_path: Path, plc: ModbusPlc, mosquitto: Mosquitto, subscriber: Subscriber
 ) -> None:
@@ -172,31 +192,22 @@ async def test_kill_9_loses_nothing_committed(
         tmp_path / "gw.yaml", config_dict(tmp_path, mosquitto.port, plc.port, bench_tags(30))
     )
     outbox_path = str(tmp_path / "outbox.sqlite3")
-    seen_before = 0
+    tally = Tally(subscriber)
     for round_ in range(5):
         process = await GatewayProcess(path).start()
         # Kill at a different moment each round, always while values flow.
-        target = seen_before + 150 + 70 * round_
-        await subscriber.wait_for(
-            lambda m, t=target: len(telemetry(m)) >= t, 20, what=f"traffic in round {round_}"
-        )
+        await tally.wait_items(tally.count() + 150 + 70 * round_, what=f"items in round {round_}")
         await process.kill()
-        seen_before = len(telemetry(subscriber.messages))
-    process = await GatewayProcess(path).start()
-    await until(
-        lambda: (
-            read_stats(outbox_path).depth == 0 and len(telemetry(subscriber.messages)) > seen_before
-        ),
-        20,
-        "backlog sent",
-    )
+    seen_before = tally.count()
+    process = GatewayProcess(path)
+    starts = process.starts()
+    await process.start()
+    await until(lambda: process.starts() > starts, 30, "the gateway started")
+    await backlog_sent(outbox_path)
+    await until(lambda: tally.count() > seen_before, 30, "traffic from the last run")
     process.signal(signal.SIGTERM)
-    assert await process.wait(10) == 0
+    assert await process.wait(30) == 0
     stats = read_stats(outbox_path)
     assert stats.depth == 0
-    received = await subscriber.wait_for(
-        lambda m: {p["seq"] for p in telemetry(m)} >= set(range(1, stats.last_seq + 1)),
-        10,
-        what="every committed seq",
-    )
-    assert_complete(telemetry(received), stats.last_seq)
+    await tally.wait_seqs(set(range(1, stats.last_seq + 1)))
+    assert_complete(tally.items, stats.last_seq)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 from pymodbus.client import AsyncModbusTcpClient
@@ -17,6 +17,7 @@ from pymodbus.exceptions import ModbusException
 
 from simulators.modbus_gateway import GatewayFaults, RtuOverTcpServer, TcpGateway
 from simulators.modbus_plc import ModbusPlc
+from tests.support.wait import until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -32,16 +33,6 @@ def devices() -> dict[int, ModbusPlc]:
     for unit, plc in plcs.items():
         plc.set_holding(ADDRESS, [1000 + unit])
     return plcs
-
-
-async def wait_until(condition: Callable[[], bool], within: float = 2.0) -> None:
-    """Poll ``condition`` until it holds; fail after ``within`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not condition():
-        if loop.time() > deadline:
-            pytest.fail("condition not reached")
-        await asyncio.sleep(0.005)
 
 
 class Stream:
@@ -330,7 +321,7 @@ async def test_rtu_bad_crc_gets_silence(rtu_server: RtuOverTcpServer, rtu: Strea
     bad = bytearray(rtu_read(1))
     bad[-1] ^= 0xFF
     rtu.send(bytes(bad))
-    await wait_until(lambda: rtu_server.line_stats.crc_errors == 1)
+    await until(lambda: rtu_server.line_stats.crc_errors == 1, 5, "the bad CRC counted")
     await rtu.assert_silent()
     assert rtu_server.stats[1].crc_errors_received == 1
     assert rtu_server.stats[1].requests == 0
@@ -339,7 +330,7 @@ async def test_rtu_bad_crc_gets_silence(rtu_server: RtuOverTcpServer, rtu: Strea
 
 async def test_rtu_unknown_unit_gets_silence(rtu_server: RtuOverTcpServer, rtu: Stream) -> None:
     rtu.send(rtu_read(9))
-    await wait_until(lambda: rtu_server.line_stats.unknown_unit == 1)
+    await until(lambda: rtu_server.line_stats.unknown_unit == 1, 5, "the request to unit 9 seen")
     await rtu.assert_silent()
     await assert_probe_answers(rtu)
 
@@ -347,7 +338,7 @@ async def test_rtu_unknown_unit_gets_silence(rtu_server: RtuOverTcpServer, rtu: 
 async def test_rtu_silent_unit_never_replies(rtu_server: RtuOverTcpServer, rtu: Stream) -> None:
     rtu_server.faults[2].silent = True
     rtu.send(rtu_read(2))
-    await wait_until(lambda: rtu_server.stats[2].silenced == 1)
+    await until(lambda: rtu_server.stats[2].silenced == 1, 5, "unit 2 silenced")
     await rtu.assert_silent()
     await assert_probe_answers(rtu)
     rtu_server.faults[2].clear()
@@ -400,6 +391,10 @@ async def test_rtu_broadcast_write_reaches_every_unit_without_reply(
     rtu_server: RtuOverTcpServer, rtu: Stream
 ) -> None:
     rtu.send(frame(0, 6, *struct.pack(">HH", ADDRESS, 4242)))
-    await wait_until(lambda: all(rtu_server.devices[u].holding(ADDRESS) == [4242] for u in UNITS))
+    await until(
+        lambda: all(rtu_server.devices[u].holding(ADDRESS) == [4242] for u in UNITS),
+        5,
+        "the broadcast executed by every unit",
+    )
     await rtu.assert_silent()
     assert rtu_server.line_stats.broadcasts == 1

@@ -1,16 +1,24 @@
-"""Counting what went in and what came out: the proof behind "nothing lost"."""
+"""Counting what went in and what came out: the proof behind "nothing lost".
+
+Every wait here is progress-based (tests.support.wait.until_progress): the test's paho
+subscriber receives far slower than the gateway sends (a 27,000-message backlog took 47 s
+here), so a wait goes on while seqs keep arriving and fails when they stop, naming the ones
+missing.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import sqlite3
 from collections import defaultdict
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
 
 from edgegw.outbox import read_stats
 from tests.support.subscriber import Received, Subscriber
+from tests.support.wait import STALL, until, until_progress
 
 
 def telemetry(messages: list[Received]) -> list[dict[str, Any]]:
@@ -53,19 +61,106 @@ def stored(outbox_path: str) -> list[dict[str, Any]]:
         ]
 
 
+def ranges(numbers: Iterable[int], limit: int = 5) -> str:
+    """`1201..1250, 1300` for a set of numbers: the first `limit` runs, then how many more."""
+    runs: list[list[int]] = []
+    for n in sorted(numbers):
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    shown = ", ".join(f"{a}..{b}" if b > a else str(a) for a, b in runs[:limit])
+    return shown + (f" and {len(runs) - limit} more runs" if len(runs) > limit else "")
+
+
+class Tally:
+    """What a subscriber received so far: its data items (telemetry, batch items, gap notices)
+    and their seqs, each message parsed once however often the test looks."""
+
+    def __init__(self, subscriber: Subscriber) -> None:
+        self.subscriber = subscriber
+        self.items: list[dict[str, Any]] = []
+        self.seqs: set[int] = set()
+        self._parsed = 0
+
+    def refresh(self) -> Tally:
+        new = self.subscriber.since(self._parsed)
+        self._parsed += len(new)
+        items = telemetry(new)
+        self.items.extend(items)
+        self.seqs.update(p["seq"] for p in items)
+        return self
+
+    def count(self) -> int:
+        """Data items received (repeats included)."""
+        return len(self.refresh().items)
+
+    async def wait_items(self, n: int, *, what: str = "data items received") -> None:
+        """Until `n` data items arrived, for as long as they keep arriving."""
+        await until_progress(self.count, n, what=what)
+
+    async def wait_seqs(self, expected: set[int], *, stall: float = STALL) -> None:
+        """Until every seq in `expected` arrived, for as long as new ones keep arriving;
+        AssertionError naming the seqs missing once none arrived for `stall` s."""
+
+        def received() -> int:
+            return len(expected & self.refresh().seqs)
+
+        def missing() -> str:
+            absent = expected - self.seqs
+            return f"{len(absent)} seqs never arrived: {ranges(absent)}"
+
+        await until_progress(
+            received, len(expected), stall=stall, what="seqs received", missing=missing
+        )
+
+
+def acknowledged_through(outbox_path: str) -> int:
+    """The highest seq up to which every row has left the outbox (acknowledged and deleted),
+    as the file shows it."""
+    stats = read_stats(outbox_path)
+    if stats.depth == 0 or stats.first_seq is None:
+        return stats.last_seq
+    return stats.first_seq - 1
+
+
+async def backlog_sent(outbox_path: str, *, stall: float = STALL) -> None:
+    """Until every row committed so far has been acknowledged, for as long as the outbox keeps
+    draining; then until the outbox is empty at one look (the gateway keeps reading and the
+    forwarder keeps up with that)."""
+    target = read_stats(outbox_path).last_seq
+
+    def waiting() -> str:
+        stats = read_stats(outbox_path)
+        return f"{stats.depth} rows wait in the outbox from seq {stats.first_seq}"
+
+    await until_progress(
+        lambda: acknowledged_through(outbox_path),
+        target,
+        stall=stall,
+        what="seqs acknowledged",
+        missing=waiting,
+    )
+    await until(
+        lambda: read_stats(outbox_path).depth == 0, 20, "the outbox empty", describe=waiting
+    )
+
+
 async def delivered_and_stored(
-    subscriber: Subscriber, outbox_path: str
+    subscriber: Subscriber, outbox_path: str, *, stall: float = STALL
 ) -> tuple[list[dict[str, Any]], int]:
-    """What the consumer received plus what still waits in the outbox, and the last seq."""
+    """What the consumer received plus what still waits in the outbox, and the last seq.
+
+    Call it once the gateway has stopped. The broker may still be handing this subscriber
+    thousands of messages: it waits while the acknowledged seqs keep arriving and fails, naming
+    the missing ones, when none arrived for `stall` s.
+    """
     stats = read_stats(outbox_path)
     left = stored(outbox_path)
     sent = set(range(1, stats.last_seq + 1)) - {p["seq"] for p in left}
-    # The gateway drains a backlog faster than this paho subscriber (QoS 1, 20 in flight at the
-    # broker) receives it: the broker may still be handing over thousands after the stop.
-    received = await subscriber.wait_for(
-        lambda m: {p["seq"] for p in telemetry(m)} >= sent, 40, what="every acknowledged seq"
-    )
-    return telemetry(received) + left, stats.last_seq
+    tally = Tally(subscriber)
+    await tally.wait_seqs(sent, stall=stall)
+    return tally.items + left, stats.last_seq
 
 
 def assert_complete(received: list[dict[str, Any]], last_seq: int) -> dict[int, str]:

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 
 from edgegw.reading import Reading
 from edgegw.sources.modbus.line import ModbusLine
-from tests.support.wait import until
+from tests.support.wait import POLL, until_progress
 
 
 class Collector:
@@ -37,8 +37,13 @@ class Collector:
         return next(s.reads for s in self.source.device_statuses if s.name == device)
 
     async def time_for_reads(self, device: str, count: int) -> float:
+        """Seconds the line takes for `count` more reads of `device` (a rate window: make it
+        several seconds long, a shorter one swings with the load of a shared machine). Waits
+        for as long as reads go on; fails when they stop."""
         start_reads, started = self.reads(device), time.monotonic()
-        await until(lambda: self.reads(device) >= start_reads + count, 30, f"{count} reads")
+        await until_progress(
+            lambda: self.reads(device) - start_reads, count, what=f"reads of {device}", poll=POLL
+        )
         return time.monotonic() - started
 
 

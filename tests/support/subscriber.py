@@ -2,14 +2,18 @@
 
 It runs paho's own network thread (fine in tests). Its callbacks only append under a short lock
 and never call back into paho while holding it, so paho's internal locks cannot deadlock with
-ours. It re-subscribes on every (re)connect, so it survives a broker restart.
+ours. It re-subscribes on every (re)connect, so it survives a broker restart; a test that must
+know the subscription is back before anything is published calls `stop()` and `start()`, which
+returns only once the broker has acknowledged the subscription again.
+
+It receives QoS 1 well below a gateway's rate (a 27,000-message backlog took 47 s here): wait
+for counts of messages with `wait_count` or `tests.support.wait.until_progress`, never with a
+deadline sized on one machine.
 """
 
 from __future__ import annotations
 
-import asyncio
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +21,7 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-_POLL = 0.01  # seconds
+from tests.support.wait import STALL, until, until_blocking, until_progress
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +62,10 @@ class Subscriber:
         self._qos = qos
         self._lock = threading.Lock()
         self._messages: list[Received] = []
+        # Set by the SUBACK of the current connection; cleared by stop() and by every
+        # disconnect, so start() after stop() waits for a new SUBACK.
         self._subscribed = threading.Event()
+        self._started = False
         v5 = protocol == "5"
         self._client = paho.Client(
             CallbackAPIVersion.VERSION2,
@@ -67,6 +74,7 @@ class Subscriber:
         )
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = self._on_subscribe
+        self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
         self._client.reconnect_delay_set(min_delay=1, max_delay=1)
         if setup is not None:  # TLS, credentials
@@ -79,6 +87,9 @@ class Subscriber:
 
     def _on_subscribe(self, *_args: Any) -> None:
         self._subscribed.set()
+
+    def _on_disconnect(self, *_args: Any) -> None:
+        self._subscribed.clear()
 
     def _on_message(self, _client: paho.Client, _ud: Any, msg: paho.MQTTMessage) -> None:
         props = msg.properties
@@ -98,20 +109,41 @@ class Subscriber:
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self, timeout: float = 10.0) -> Subscriber:
-        """Connect, subscribe and return once the broker has acknowledged the subscription."""
-        self._client.connect(self._host, self._port, keepalive=30)
-        self._client.loop_start()
-        if not self._subscribed.wait(timeout):
+        """Connect, subscribe and return once the broker has acknowledged the subscription.
+
+        After `stop()` this connects again and waits for a new SUBACK (a broker without
+        persistence forgot the subscription when it restarted). On a started subscriber it
+        raises: paho's `loop_start()` refuses a second network thread, and a second `connect()`
+        beside the running one would return before anything was subscribed.
+        """
+        if self._started:
+            raise RuntimeError("Subscriber.start() on a started subscriber: call stop() first")
+        self._subscribed.clear()
+        self._started = True
+        try:
+            self._client.connect(self._host, self._port, keepalive=30)
+            self._client.loop_start()
+            if not self._subscribed.wait(timeout):
+                raise AssertionError(
+                    f"subscriber got no SUBACK for {self._filter!r} from "
+                    f"{self._host}:{self._port} within {timeout} s"
+                )
+        except BaseException:
             self.stop()
-            raise AssertionError(
-                f"subscriber got no SUBACK for {self._filter!r} from "
-                f"{self._host}:{self._port} within {timeout} s"
-            )
+            raise
         return self
 
     def stop(self) -> None:
+        """Disconnect and end paho's network thread; `start()` may follow."""
         self._client.disconnect()
         self._client.loop_stop()
+        self._subscribed.clear()
+        self._started = False
+
+    @property
+    def subscribed(self) -> bool:
+        """The broker acknowledged the subscription on the current connection."""
+        return self._subscribed.is_set()
 
     def __enter__(self) -> Subscriber:
         return self.start()
@@ -126,21 +158,31 @@ class Subscriber:
         with self._lock:
             return list(self._messages)
 
+    @property
+    def count(self) -> int:
+        """How many messages arrived so far (cheaper than `len(messages)`)."""
+        with self._lock:
+            return len(self._messages)
+
+    def since(self, index: int) -> list[Received]:
+        """The messages from position `index` on: for readers that parse each message once."""
+        with self._lock:
+            return self._messages[index:]
+
     def on_topic(self, topic: str) -> list[Received]:
         return [m for m in self.messages if m.topic == topic]
 
     def clear(self) -> None:
+        """Forget what arrived (a reader that keeps a position, ledger.Tally, starts anew)."""
         with self._lock:
             self._messages.clear()
 
-    def _describe(self, what: str, timeout: float) -> str:
+    def _describe(self) -> str:
         got = self.messages
         tail = "\n  ".join(f"{m.topic} {m.payload[:80]!r} retain={m.retain}" for m in got[-5:])
-        return f"timed out after {timeout} s waiting for {what}; got {len(got)} message(s)" + (
-            f", the last ones:\n  {tail}" if got else ""
-        )
+        return f"got {len(got)} message(s)" + (f", the last ones:\n  {tail}" if got else "")
 
-    # -- waiting (polls a condition; never a fixed sleep) --------------------------------------
+    # -- waiting (tests.support.wait; never a fixed sleep) -------------------------------------
     async def wait_for(
         self,
         predicate: Predicate,
@@ -148,32 +190,36 @@ class Subscriber:
         *,
         what: str = "the condition",
     ) -> list[Received]:
-        """Poll until `predicate(messages)` holds; AssertionError with what arrived otherwise."""
-        deadline = time.monotonic() + timeout
-        while True:
-            got = self.messages
-            if predicate(got):
-                return got
-            if time.monotonic() >= deadline:
-                raise AssertionError(self._describe(what, timeout))
-            await asyncio.sleep(_POLL)
+        """Poll until `predicate(messages)` holds; AssertionError with what arrived otherwise.
 
-    async def wait_count(self, n: int, timeout: float = 10.0) -> list[Received]:  # noqa: ASYNC109
-        """Poll until at least `n` messages arrived."""
-        return await self.wait_for(lambda got: len(got) >= n, timeout, what=f"{n} message(s)")
+        For a state (a retained message, a given payload). For a number of messages, whose
+        time depends on this machine's speed, use `wait_count` (progress-based)."""
+        seen: list[list[Received]] = [[]]
+
+        def holds() -> bool:
+            seen[0] = self.messages
+            return predicate(seen[0])
+
+        await until(holds, timeout, what, describe=self._describe)
+        return seen[0]
+
+    async def wait_count(
+        self, n: int, *, stall: float = STALL, what: str = "messages received"
+    ) -> list[Received]:
+        """Until at least `n` messages arrived, for as long as they keep arriving; fails once
+        none arrived for `stall` s."""
+        await until_progress(lambda: self.count, n, stall=stall, what=what)
+        return self.messages
 
     def wait_for_blocking(
         self, predicate: Predicate, timeout: float = 10.0, *, what: str = "the condition"
     ) -> list[Received]:
         """`wait_for` for synchronous tests (blocks the calling thread)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            got = self.messages
-            if predicate(got):
-                return got
-            if time.monotonic() >= deadline:
-                raise AssertionError(self._describe(what, timeout))
-            time.sleep(_POLL)
+        seen: list[list[Received]] = [[]]
 
-    def wait_count_blocking(self, n: int, timeout: float = 10.0) -> list[Received]:
-        return self.wait_for_blocking(lambda got: len(got) >= n, timeout, what=f"{n} message(s)")
+        def holds() -> bool:
+            seen[0] = self.messages
+            return predicate(seen[0])
+
+        until_blocking(holds, timeout, what, describe=self._describe)
+        return seen[0]
