@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
@@ -20,6 +21,9 @@ class FaultRow:
 @dataclass
 class FaultReport:
     rows: list[FaultRow] = field(default_factory=list)
+    # Rows made at the end of the run from what actually ran (a test file's own tally), so
+    # that no row depends on the order the tests ran in or on which of them were selected.
+    at_end: list[Callable[[], FaultRow | None]] = field(default_factory=list)
 
     def add(
         self,
@@ -43,6 +47,11 @@ def fault_report() -> FaultReport:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for make in _REPORT.at_end:
+        row = make()
+        if row is not None:
+            _REPORT.rows.append(row)
+    _REPORT.at_end.clear()
     if not _REPORT.rows:
         return
     write = terminalreporter.write_line

@@ -72,7 +72,7 @@ from hypothesis import strategies as st
 from edgegw.config.loader import load_config
 from edgegw.config.model import GatewayConfig
 from edgegw.errors import ConfigError
-from tests.faults.conftest import FaultReport
+from tests.faults.conftest import _REPORT, FaultRow
 
 REPO = Path(__file__).resolve().parents[2]
 SCALE = max(1, int(os.environ.get("EDGEGW_FUZZ_SCALE", "1")))
@@ -123,7 +123,10 @@ class Bug:
     fails_with: type[BaseException] = Exception  # open bugs: how their xfail fails, exactly
 
 
-SLOW_LIMIT = 1.0  # seconds, for files of at most 41 KB; linear code takes milliseconds
+# Seconds, for files of at most 81 KB. The fixed code takes at most 0.25 s here (the merge bomb
+# stopping at MAX_NODES), so a machine eight times slower passes; the quadratic bugs took 10 s
+# and more here at these sizes, the merge bomb days.
+SLOW_LIMIT = 2.0
 
 
 def _frames(exc: BaseException) -> list[tuple[str, str]]:
@@ -247,13 +250,13 @@ FIXED: dict[str, Bug] = {
     "env-unclosed-refs": Bug(
         "envsubst._REFERENCE (`\\$\\{([^}]*)\\}`) rescanned to the end of the string from "
         "every unclosed `${`: quadratic, 40,000 characters of `${` took 2.5 s (80,000: 10 s)",
-        (lambda: "gateway: {id: '" + "${" * 20_000 + "'}\n",),
+        (lambda: "gateway: {id: '" + "${" * 40_000 + "'}\n",),
         slow=True,
     ),
     "when-dashed-words": Bug(
         "expr._REF backtracked `[\\w-]*` to the end of the text from every word after a '-': "
         "a 40,000-character `when:` of `a-a-a-...` took 3.3 s",
-        (lambda: _event_when("a-" * 20_000),),
+        (lambda: _event_when("a-" * 40_000),),
         slow=True,
     ),
     "merge-bomb": Bug(
@@ -1322,7 +1325,9 @@ def test_hostile_corpus(workdir: Path, text: str) -> None:
     started = time.perf_counter()
     result = check_contract(workdir, text, strategy="corpus")
     elapsed = time.perf_counter() - started
-    assert elapsed < 5, f"took {elapsed:.1f}s"
+    # The blow-ups guarded against take minutes to days; the slowest entry takes under 1 s
+    # here, so a machine ten times slower still passes.
+    assert elapsed < 10, f"took {elapsed:.1f}s"
     assert result is not None, "hit a known bug"
     assert not marker.exists()
 
@@ -1389,21 +1394,27 @@ def test_known_bug(workdir: Path, bug_id: str, index: int) -> None:
         assert elapsed < SLOW_LIMIT, f"took {elapsed:.2f}s"
 
 
-# --- the ledger row (last in this file: it sums the examples run above) --------------------
+# --- the ledger row: made at the end of the run from the examples that ran ------------------
 
 
-def test_fault_ledger_row(fault_report: FaultReport) -> None:
+def _ledger_row() -> FaultRow | None:
     total = sum(LEDGER.examples.values())
+    if not total:
+        return None  # none of this file's property tests ran
     known = sum(LEDGER.known_bugs.values())
     per_strategy = ", ".join(f"{name} {count}" for name, count in LEDGER.examples.items())
     bugs = ", ".join(f"{name} x{count}" for name, count in LEDGER.known_bugs.items())
-    fault_report.add(
+    return FaultRow(
         "hostile configs (hypothesis)",
         events_in=total,
         events_out=total - known,
+        duplicates=0,
         lost=known,
         note=(
             f"only GatewayConfig ({LEDGER.configs}) or ConfigError ({LEDGER.errors}); "
             f"{per_strategy}" + (f"; known bugs hit: {bugs}" if bugs else "")
         ),
     )
+
+
+_REPORT.at_end.append(_ledger_row)

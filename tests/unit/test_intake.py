@@ -8,6 +8,7 @@ import pytest
 
 from edgegw.intake import IntakeQueue
 from edgegw.reading import Reading
+from tests.support.wait import stays
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -20,9 +21,7 @@ async def test_put_waits_once_the_readings_would_pass_the_bound() -> None:
     queue = IntakeQueue(max_readings=100)
     await queue.put(batch(60))
     blocked = asyncio.create_task(queue.put(batch(50)))
-    for _ in range(20):
-        await asyncio.sleep(0)
-    assert not blocked.done()
+    await stays(lambda: not blocked.done(), 0.2, "put() blocked while the queue is full")
     assert (queue.qsize(), queue.readings) == (1, 60)
 
     assert len(await queue.get()) == 60
@@ -48,8 +47,6 @@ async def test_join_waits_for_every_batch_to_be_done() -> None:
     await queue.get()
     queue.task_done()
     await queue.get()
-    for _ in range(20):
-        await asyncio.sleep(0)
-    assert not joined.done()
+    await stays(lambda: not joined.done(), 0.2, "join() waiting for the last task_done()")
     queue.task_done()
     await asyncio.wait_for(joined, 5)
