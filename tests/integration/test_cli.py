@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from tests.support.wait import until_blocking
+
 TOPIC = "plant-a/packaging/line-1"
 
 
@@ -48,14 +50,13 @@ def run_demo_until(
             stdout=out,
             stderr=subprocess.DEVNULL,
         )
+
+        def there() -> bool:
+            assert process.poll() is None, f"demo exited early: {out_path.read_text()}"
+            return done(out_path.read_text().splitlines())
+
         try:
-            deadline = time.monotonic() + within
-            while not done(out_path.read_text().splitlines()):
-                assert process.poll() is None, f"demo exited early: {out_path.read_text()}"
-                assert time.monotonic() < deadline, (
-                    f"not there in {within} s: {out_path.read_text()}"
-                )
-                time.sleep(0.1)
+            until_blocking(there, within, "the demo's lines", describe=out_path.read_text)
         finally:
             process.terminate()
             assert process.wait(20) == 0

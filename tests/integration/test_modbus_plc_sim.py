@@ -7,13 +7,14 @@ import re
 import signal
 import struct
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
 from simulators.modbus_plc import BENCH_BASE, LineState, ModbusPlc, OrderStatus
+from tests.support.wait import until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -35,15 +36,6 @@ async def read(client: AsyncModbusTcpClient, address: int, count: int) -> list[i
     result = await client.read_holding_registers(address, count=count, device_id=1)
     assert not result.isError(), result
     return list(result.registers)
-
-
-async def wait_for(condition: Callable[[], Awaitable[bool]], attempts: int = 1000) -> None:
-    """Poll an async condition until it holds (bounded: ~10 s), instead of sleeping blindly."""
-    for _ in range(attempts):
-        if await condition():
-            return
-        await asyncio.sleep(0.01)
-    pytest.fail("condition not reached")
 
 
 @pytest.fixture
@@ -104,12 +96,12 @@ async def test_state_machine_advances() -> None:
             async def state_is(wanted: int) -> bool:
                 return (await read(client, 0, 1))[0] == wanted
 
-            await wait_for(lambda: state_is(LineState.RUNNING))
+            await until(lambda: state_is(LineState.RUNNING), 10, "the line state RUNNING")
             assert (await read(client, 30, 1))[0] == OrderStatus.RUNNING
-            await wait_for(lambda: state_is(LineState.DONE))
+            await until(lambda: state_is(LineState.DONE), 10, "the line state DONE")
             order = (await read(client, 30, 1))[0]
             assert order in (OrderStatus.COMPLETED, OrderStatus.ABORTED)
-            await wait_for(lambda: state_is(LineState.IDLE))
+            await until(lambda: state_is(LineState.IDLE), 10, "the line state IDLE")
             assert regs_bytes(await read(client, 210, 8)).rstrip(b"\0") == b"B1002"
         finally:
             client.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ssl
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from tests.support.broker import Mosquitto
 from tests.support.tls import TestPki, make_pki, write_password_file
+from tests.support.wait import until_blocking
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -110,14 +110,6 @@ class Probe:
         self.client.loop_stop()
 
 
-def _wait_until(condition: Any, what: str, timeout: float = _WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
-
-
 def test_client_cert_and_password_connect_and_round_trip_qos1(
     pki: TestPki, tls_broker: Mosquitto
 ) -> None:
@@ -135,7 +127,7 @@ def test_client_cert_and_password_connect_and_round_trip_qos1(
         info.wait_for_publish(timeout=_WAIT)  # PUBACK from the broker
         assert info.is_published()
 
-        _wait_until(lambda: sub.messages, "the QoS 1 message at the subscriber")
+        until_blocking(lambda: sub.messages, _WAIT, "the QoS 1 message at the subscriber")
         (msg,) = sub.messages
         assert (msg.topic, msg.payload, msg.qos) == ("tls/check/a", b"over-tls", 1)
     finally:

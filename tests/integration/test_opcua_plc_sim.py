@@ -8,7 +8,7 @@ import datetime as dt
 import ipaddress
 import itertools
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -34,20 +34,11 @@ from simulators.opcua_plc import (
     _parse_args,
     write_self_signed_certificate,
 )
+from tests.support.wait import until
 
 pytestmark = pytest.mark.timeout(30)
 
 CLIENT_URI = "urn:edgegw:test:client"
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str, within: float = 5.0) -> None:
-    """Poll check() until it returns True; fail after `within` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not await check():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {within} s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 @contextlib.asynccontextmanager
@@ -183,7 +174,7 @@ async def test_sensor_fault_gives_bad_sensor_failure_then_good(plc: OpcUaPlc) ->
 
         assert await sensor_good()
         plc.faults.sensor_bad = True
-        await eventually(sensor_bad, "BadSensorFailure")
+        await until(sensor_bad, 10, "BadSensorFailure")
         # The last reading is kept and still sent along with the bad status.
         kept = await node.read_data_value(raise_on_bad_status=False)
         assert kept.Value is not None
@@ -193,8 +184,8 @@ async def test_sensor_fault_gives_bad_sensor_failure_then_good(plc: OpcUaPlc) ->
         assert again.Value == kept.Value
 
         plc.faults.clear()
-        await eventually(sensor_good, "Good again")
-        await eventually(good_notified_after_bad, "notifications: BadSensorFailure, then Good")
+        await until(sensor_good, 10, "Good again")
+        await until(good_notified_after_bad, 10, "notifications: BadSensorFailure, then Good")
         await subscription.delete()
 
 
@@ -208,14 +199,14 @@ async def test_state_machine_advances(plc: OpcUaPlc) -> None:
         async def state_changed() -> bool:
             return await state.read_value() != first
 
-        await eventually(state_changed, "Filler.State to change")
+        await until(state_changed, 10, "Filler.State to change")
         good = filler(client, idx, "GoodCount")
         before = await good.read_value()
 
         async def counted() -> bool:
             return await good.read_value() > before
 
-        await eventually(counted, "GoodCount to rise")
+        await until(counted, 10, "GoodCount to rise")
 
 
 async def test_line_cycles_deterministically_without_a_server() -> None:
@@ -367,12 +358,12 @@ async def test_bench_items_change_between_reads() -> None:
             now = (await first.read_value(), await last.read_value())
             return now[0] != before[0] and now[1] != before[1]
 
-        await eventually(both_changed, "bench items to change")
+        await until(both_changed, 10, "bench items to change")
 
         async def measured() -> bool:
             return sim.stats.bench_writes_per_s > 0
 
-        await eventually(measured, "a bench rate in stats")
+        await until(measured, 10, "a bench rate in stats")
         assert sim.stats.bench_writes >= 300
         assert sim.stats.bench_write_capacity_per_s > 0
 
