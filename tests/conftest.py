@@ -2,13 +2,40 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
 import pytest
 
 from simulators.modbus_plc import ModbusPlc
+from simulators.opcua_plc import OpcUaPlc
 from tests.support.broker import Mosquitto
+from tests.support.gateway import GatewayProcess
 from tests.support.subscriber import Subscriber
+from tests.support.tls import TestPki, make_pki
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything outside tests/unit starts servers or processes: `slow`, so that
+    `pytest -m "not slow"` is the quick loop (the unit tests, seconds)."""
+    for item in items:
+        if "unit" not in item.path.parts:
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(autouse=True)
+async def _no_gateway_left() -> AsyncIterator[None]:
+    """A test that failed halfway must not leave an `edgegw run` behind, publishing into the
+    next test's broker or holding a port (seen: one still running an hour later)."""
+    yield
+    await GatewayProcess.kill_leftovers()
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
+    """A test CA with server, client and deliberately wrong certificates (read only: made once
+    per run, RSA keys take a while)."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture
@@ -29,11 +56,66 @@ def subscriber(mosquitto: Mosquitto) -> Iterator[Subscriber]:
         yield sub
 
 
+StartModbusPlc = Callable[..., Awaitable[ModbusPlc]]
+StartOpcUaPlc = Callable[..., Awaitable[OpcUaPlc]]
+
+
 @pytest.fixture
-async def plc() -> AsyncIterator[ModbusPlc]:
+async def start_modbus_plc() -> AsyncIterator[StartModbusPlc]:
+    """Start Modbus PLC simulators with the test's options (on a free loopback port); every
+    one started is stopped after the test. `before_start(sim)` may set registers first."""
+    started: list[ModbusPlc] = []
+
+    async def start(
+        before_start: Callable[[ModbusPlc], None] | None = None, **options: Any
+    ) -> ModbusPlc:
+        sim = ModbusPlc(**{"host": "127.0.0.1", "port": 0, "tick": 0, **options})
+        if before_start is not None:
+            before_start(sim)
+        await sim.start()
+        started.append(sim)
+        return sim
+
+    try:
+        yield start
+    finally:
+        for sim in reversed(started):
+            await sim.stop()
+
+
+@pytest.fixture
+async def start_opcua_plc() -> AsyncIterator[StartOpcUaPlc]:
+    """Start OPC UA PLC simulators with the test's options; every one stopped after."""
+    started: list[OpcUaPlc] = []
+
+    async def start(**options: Any) -> OpcUaPlc:
+        sim = OpcUaPlc(**{"tick": 0.05, "seed": 1, **options})
+        await sim.start()
+        started.append(sim)
+        return sim
+
+    try:
+        yield start
+    finally:
+        for sim in reversed(started):
+            await sim.stop()
+
+
+@pytest.fixture
+async def modbus_plc(start_modbus_plc: StartModbusPlc) -> ModbusPlc:
     """A Modbus simulator with 10 bench registers (holding 1000.., they change at every read),
-    the simulation frozen. Files needing another PLC define their own `plc`."""
-    sim = ModbusPlc(host="127.0.0.1", port=0, tick=0, bench_registers=10)
-    await sim.start()
-    yield sim
-    await sim.stop()
+    the simulation frozen."""
+    return await start_modbus_plc(bench_registers=10)
+
+
+@pytest.fixture
+async def opcua_plc(start_opcua_plc: StartOpcUaPlc) -> OpcUaPlc:
+    """An OPC UA simulator, its line model ticking every 50 ms."""
+    return await start_opcua_plc()
+
+
+@pytest.fixture
+def plc(modbus_plc: ModbusPlc) -> ModbusPlc:
+    """The usual name in the tests: the Modbus simulator. Files that need another PLC define
+    their own `plc` from `start_modbus_plc` or `start_opcua_plc` in one line."""
+    return modbus_plc

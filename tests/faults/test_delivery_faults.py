@@ -15,7 +15,6 @@ import contextlib
 import random
 import signal
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ import pytest
 from edgegw.app import Gateway
 from edgegw.outbox import read_stats
 from simulators.modbus_plc import ModbusPlc
+from tests.conftest import StartModbusPlc
 from tests.faults.conftest import FaultReport
 from tests.support import http
 from tests.support.broker import Mosquitto
@@ -55,11 +55,8 @@ from tests.support.wait import stays, until, until_progress
 
 
 @pytest.fixture
-async def plc() -> AsyncIterator[ModbusPlc]:
-    sim = ModbusPlc(host="127.0.0.1", port=0, tick=0, bench_registers=60)
-    await sim.start()
-    yield sim
-    await sim.stop()
+async def plc(start_modbus_plc: StartModbusPlc) -> ModbusPlc:
+    return await start_modbus_plc(bench_registers=60)
 
 
 async def drain_and_count(

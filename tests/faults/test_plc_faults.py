@@ -39,6 +39,7 @@ import pytest
 from edgegw.outbox import read_stats
 from simulators.modbus_plc import BENCH_BASE, ModbusPlc
 from simulators.opcua_plc import FILLER_STATES, FROZEN_VALUE, NAMESPACE_URI, OpcUaPlc
+from tests.conftest import StartModbusPlc, StartOpcUaPlc
 from tests.faults.conftest import FaultReport
 from tests.support.broker import Mosquitto
 from tests.support.gateway import GatewayProcess, config_dict, write_config
@@ -67,35 +68,25 @@ Key = tuple[str, str]  # (source, tag)
 # --- the simulators and the subscriber ---------------------------------------------------------
 
 
-async def bench_plc() -> ModbusPlc:
-    """A Modbus simulator whose bench register 1000+i starts at i*SPAN."""
-    plc = ModbusPlc(host="127.0.0.1", port=0, tick=0, bench_registers=BENCH_REGISTERS)
+def _spread(plc: ModbusPlc) -> None:
+    """Bench register 1000+i starts at i*SPAN."""
     for i in range(BENCH_REGISTERS):
         plc.set_holding(BENCH_BASE + i, [i * SPAN])
-    await plc.start()
-    return plc
 
 
 @pytest.fixture
-async def plc() -> AsyncIterator[ModbusPlc]:
-    sim = await bench_plc()
-    yield sim
-    await sim.stop()
+async def plc(start_modbus_plc: StartModbusPlc) -> ModbusPlc:
+    return await start_modbus_plc(_spread, bench_registers=BENCH_REGISTERS)
 
 
 @pytest.fixture
-async def plc2() -> AsyncIterator[ModbusPlc]:
-    sim = await bench_plc()
-    yield sim
-    await sim.stop()
+async def plc2(start_modbus_plc: StartModbusPlc) -> ModbusPlc:
+    return await start_modbus_plc(_spread, bench_registers=BENCH_REGISTERS)
 
 
 @pytest.fixture
-async def ua_plc() -> AsyncIterator[OpcUaPlc]:
-    sim = OpcUaPlc(tick=0.05, seed=7)
-    await sim.start()
-    yield sim
-    await sim.stop()
+async def ua_plc(start_opcua_plc: StartOpcUaPlc) -> OpcUaPlc:
+    return await start_opcua_plc(seed=7)
 
 
 class Feed:

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import orjson
 import pytest
 
 from simulators.modbus_plc import ModbusPlc
+from tests.conftest import StartModbusPlc
 from tests.support.broker import Mosquitto
 from tests.support.gateway import GatewayProcess, bench_tags, config_dict, write_config
 from tests.support.ledger import (
@@ -27,11 +27,8 @@ from tests.support.wait import until
 
 
 @pytest.fixture
-async def plc() -> AsyncIterator[ModbusPlc]:
-    sim = ModbusPlc(host="127.0.0.1", port=0, tick=0, bench_registers=100)
-    await sim.start()
-    yield sim
-    await sim.stop()
+async def plc(start_modbus_plc: StartModbusPlc) -> ModbusPlc:
+    return await start_modbus_plc(bench_registers=100)
 
 
 # Progress waits (tests.support.wait) for every volume: 4 x 1,000 items (15 + 5 x 1), 8,000

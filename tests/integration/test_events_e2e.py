@@ -8,7 +8,6 @@ import contextlib
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from simulators.mes_consumer import MesConsumer
 from simulators.modbus_plc import ModbusPlc
+from tests.conftest import StartModbusPlc
 from tests.support.broker import Mosquitto
 from tests.support.gateway import GatewayProcess, write_config
 from tests.support.subscriber import Subscriber
@@ -28,12 +28,10 @@ STATE, GOOD, ORDER_STATUS, PRESSURE, BATCH = 0, 1, 30, 40, 210
 
 
 @pytest.fixture
-async def plc() -> AsyncIterator[ModbusPlc]:
-    sim = ModbusPlc(host="127.0.0.1", port=0, tick=0)  # frozen: the test sets every register
-    await sim.start()
+async def plc(start_modbus_plc: StartModbusPlc) -> ModbusPlc:
+    sim = await start_modbus_plc()  # frozen: the test sets every register
     set_line(sim, state=1, good=0, batch="B1001", order_status=0, pressure=60)
-    yield sim
-    await sim.stop()
+    return sim
 
 
 def set_line(sim: ModbusPlc, **values: Any) -> None:

@@ -17,6 +17,7 @@ from pymodbus.exceptions import ModbusException
 
 from simulators.modbus_gateway import GatewayFaults, RtuOverTcpServer, TcpGateway
 from simulators.modbus_plc import ModbusPlc
+from tests.support.frames import crc, frame
 from tests.support.wait import until
 
 pytestmark = pytest.mark.timeout(30)
@@ -245,21 +246,6 @@ def test_gateway_faults_are_validated() -> None:
 
 # ---------------------------------------------------------------------------
 # RtuOverTcpServer
-
-
-def crc(data: bytes) -> bytes:
-    """Modbus CRC-16, low byte first: bit by bit, straight from the spec."""
-    value = 0xFFFF
-    for byte in data:
-        value ^= byte
-        for _ in range(8):
-            value = (value >> 1) ^ 0xA001 if value & 1 else value >> 1
-    return value.to_bytes(2, "little")
-
-
-def frame(*body: int) -> bytes:
-    raw = bytes(body)
-    return raw + crc(raw)
 
 
 def rtu_read(unit: int, address: int = ADDRESS, count: int = 1) -> bytes:

@@ -22,6 +22,7 @@ import pytest
 
 from simulators.modbus_plc import BENCH_BASE, ModbusPlc
 from simulators.modbus_rtu import NOISE_BYTE, RtuLine
+from tests.support.frames import crc, frame
 from tests.support.wait import until
 
 # The longest test waits at most 5 reads or conditions of 5 s, or 15 + 5 + 10 s (the command
@@ -30,21 +31,6 @@ pytestmark = pytest.mark.timeout(60)
 WITHIN = 5.0  # seconds: a ceiling for bytes or a state that come in milliseconds
 
 UNITS = (1, 2, 3)
-
-
-def crc(data: bytes) -> bytes:
-    """Modbus CRC-16, low byte first: bit by bit, straight from the spec."""
-    value = 0xFFFF
-    for byte in data:
-        value ^= byte
-        for _ in range(8):
-            value = (value >> 1) ^ 0xA001 if value & 1 else value >> 1
-    return value.to_bytes(2, "little")
-
-
-def frame(*body: int) -> bytes:
-    raw = bytes(body)
-    return raw + crc(raw)
 
 
 def read_request(unit: int, address: int, count: int = 1, function: int = 3) -> bytes:

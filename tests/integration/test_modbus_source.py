@@ -23,6 +23,7 @@ from edgegw.reading import Reading, Value
 from edgegw.sources.modbus.config import ModbusSourceConfig
 from edgegw.sources.modbus.driver import ModbusSource
 from simulators.modbus_plc import ModbusPlc
+from tests.conftest import StartModbusPlc
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -343,13 +344,8 @@ async def test_decodes_every_type_and_order_from_pymodbus_server() -> None:
 
 
 @pytest.fixture
-async def plc() -> AsyncIterator[ModbusPlc]:
-    sim = ModbusPlc(host="127.0.0.1", port=0, tick=0)
-    await sim.start()
-    try:
-        yield sim
-    finally:
-        await sim.stop()
+async def plc(start_modbus_plc: StartModbusPlc) -> ModbusPlc:
+    return await start_modbus_plc()
 
 
 async def test_six_tags_in_one_block_cost_one_request_per_poll(plc: ModbusPlc) -> None:

@@ -25,18 +25,13 @@ from tests.support.gateway import (
 )
 from tests.support.ledger import telemetry
 from tests.support.subscriber import Subscriber
-from tests.support.tls import CertKey, TestPki, make_pki, write_password_file
+from tests.support.tls import CertKey, TestPki, write_password_file
 from tests.support.wait import until
 
 pytestmark = pytest.mark.timeout(60)
 
 USER = "line-1-gw"
 PASSWORD = "s3cr3t-Pa55word-never-logged"
-
-
-@pytest.fixture
-def pki(tmp_path: Path) -> TestPki:
-    return make_pki(tmp_path / "pki")
 
 
 def _broker(tmp_path: Path, pki: TestPki, server: CertKey | None = None) -> Mosquitto:

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import pytest
 import yaml
 
 from simulators.opcua_plc import NAMESPACE_URI, OpcUaPlc
+from tests.conftest import StartOpcUaPlc
 from tests.support.broker import Mosquitto
 from tests.support.gateway import GatewayProcess, write_config
 from tests.support.subscriber import Subscriber
@@ -27,11 +27,8 @@ NSU = f"nsu={NAMESPACE_URI};s="
 
 
 @pytest.fixture
-async def plc() -> AsyncIterator[OpcUaPlc]:
-    sim = OpcUaPlc(tick=0.05, seed=2)
-    await sim.start()
-    yield sim
-    await sim.stop()
+async def plc(start_opcua_plc: StartOpcUaPlc) -> OpcUaPlc:
+    return await start_opcua_plc(seed=2)
 
 
 def gateway_config(state_dir: Path, mqtt_port: int, url: str) -> dict[str, Any]:

@@ -124,7 +124,6 @@ async def test_browse_fits_every_service_to_its_advertised_limit() -> None:
 # --- servers the source does not cope with yet (product gaps, see each reason) --------------
 
 
-@pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
     reason="product bug: the source's first Read asks for 4 server facts at once (namespace "
@@ -139,7 +138,6 @@ async def test_a_server_reading_two_nodes_per_request_is_still_read() -> None:
         assert max(sim.stats.request_sizes["Read"]) <= 2
 
 
-@pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
     reason="product gap: browse halves a request the server refuses with BadTooManyOperations "

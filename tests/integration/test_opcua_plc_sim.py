@@ -54,13 +54,8 @@ async def connected(url: str) -> AsyncIterator[Client]:
 
 
 @pytest.fixture
-async def plc() -> AsyncIterator[OpcUaPlc]:
-    sim = OpcUaPlc(port=0, tick=0.05, seed=1)
-    await sim.start()
-    try:
-        yield sim
-    finally:
-        await sim.stop()
+def plc(opcua_plc: OpcUaPlc) -> OpcUaPlc:
+    return opcua_plc
 
 
 def filler(client: Client, idx: int, name: str) -> Node:

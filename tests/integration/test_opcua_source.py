@@ -14,10 +14,10 @@ import pytest
 from asyncua import Client, ua
 
 from edgegw.pki import create_application_certificate, load_certificate, thumbprint
-from edgegw.reading import Reading
 from edgegw.sources.opcua.config import OpcUaSourceConfig
 from edgegw.sources.opcua.driver import OpcUaSource
 from simulators.opcua_plc import NAMESPACE_URI, TYPE_VALUES, OpcUaPlc
+from tests.support.collector import Collector
 from tests.support.proxy import CuttableProxy
 from tests.support.wait import until
 
@@ -46,52 +46,8 @@ def source_config(url: str, tags: list[dict[str, Any]], **extra: Any) -> OpcUaSo
     return OpcUaSourceConfig.model_validate(data)
 
 
-class Collector:
-    """Runs a source in a task and keeps every reading by tag."""
-
-    def __init__(self, source: OpcUaSource) -> None:
-        self.source = source
-        self.readings: list[Reading] = []
-        self._task: asyncio.Task[None] | None = None
-
-    async def _run(self) -> None:
-        async for batch in self.source.batches():
-            self.readings.extend(batch)
-
-    def start(self) -> Collector:
-        self._task = asyncio.create_task(self._run())
-        return self
-
-    async def stop(self) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-
-    def latest(self, tag: str) -> Reading | None:
-        for reading in reversed(self.readings):
-            if reading.tag == tag:
-                return reading
-        return None
-
-    def good_since(self, tag: str, since: float) -> list[Reading]:
-        return [
-            r
-            for r in self.readings
-            if r.tag == tag and r.quality == "good" and r.received_ts >= since
-        ]
-
-
-@pytest.fixture
-async def plc() -> AsyncIterator[OpcUaPlc]:
-    sim = OpcUaPlc(tick=0.05, seed=1)
-    await sim.start()
-    yield sim
-    await sim.stop()
-
-
 @contextlib.asynccontextmanager
-async def collecting(config: OpcUaSourceConfig) -> AsyncIterator[Collector]:
+async def collecting(config: OpcUaSourceConfig) -> AsyncIterator[Collector[OpcUaSource]]:
     collector = Collector(OpcUaSource(config)).start()
     try:
         yield collector

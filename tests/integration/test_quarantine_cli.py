@@ -165,7 +165,6 @@ def event_config(state_dir: Path, mqtt_port: int, modbus_port: int) -> dict[str,
     return data
 
 
-@pytest.mark.slow
 async def test_a_release_is_published_by_the_running_gateway(
     tmp_path: Path, plc: ModbusPlc, mosquitto: Mosquitto, subscriber: Subscriber
 ) -> None:

@@ -14,7 +14,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from tests.support.broker import Mosquitto
-from tests.support.tls import TestPki, make_pki, write_password_file
+from tests.support.tls import TestPki, write_password_file
 from tests.support.wait import until_blocking
 
 pytestmark = pytest.mark.timeout(20)
@@ -22,11 +22,6 @@ pytestmark = pytest.mark.timeout(20)
 USER = "edgegw"
 PASSWORD = "s3cret-plant-pw"
 _WAIT = 5.0  # seconds for any one broker answer
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 import yaml
@@ -81,7 +81,11 @@ def write_config(path: Path, data: dict[str, Any]) -> Path:
 
 
 class GatewayProcess:
-    """`edgegw run -c FILE` as a child process, as systemd would run it."""
+    """`edgegw run -c FILE` as a child process, as systemd would run it. A test that fails
+    before it stops its gateway leaves none behind: the `_no_gateway_left` fixture of
+    tests/conftest.py kills what is still running after each test."""
+
+    running: ClassVar[set[GatewayProcess]] = set()
 
     def __init__(self, config_path: Path, env: dict[str, str] | None = None) -> None:
         self.config_path = config_path
@@ -104,7 +108,17 @@ class GatewayProcess:
             stderr=self._stderr,
             env=self.env,
         )
+        GatewayProcess.running.add(self)
         return self
+
+    @classmethod
+    async def kill_leftovers(cls) -> None:
+        for gateway in list(cls.running):
+            cls.running.discard(gateway)
+            process = gateway.process
+            if process is not None and process.returncode is None:
+                process.kill()
+                await process.wait()
 
     def _open_log(self) -> Any:
         return open(self.stderr_path, "ab")

@@ -2,36 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import time
 from collections.abc import Callable, Iterable
 
 from edgegw.reading import Reading
 from edgegw.sources.modbus.line import ModbusLine
+from tests.support.collector import Collector as BaseCollector
 from tests.support.wait import POLL, until_progress
 
 
-class Collector:
+class Collector(BaseCollector[ModbusLine]):
     """Runs a line source by itself and keeps every reading it yields."""
-
-    def __init__(self, source: ModbusLine) -> None:
-        self.source = source
-        self.readings: list[Reading] = []
-        self._task: asyncio.Task[None] | None = None
-
-    async def _run(self) -> None:
-        async for batch in self.source.batches():
-            self.readings.extend(batch)
-
-    async def __aenter__(self) -> Collector:
-        self._task = asyncio.create_task(self._run())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
 
     def reads(self, device: str) -> int:
         return next(s.reads for s in self.source.device_statuses if s.name == device)
