@@ -46,6 +46,11 @@ def source_config(url: str, tags: list[dict[str, Any]], **extra: Any) -> OpcUaSo
     return OpcUaSourceConfig.model_validate(data)
 
 
+@pytest.fixture
+def plc(opcua_plc: OpcUaPlc) -> OpcUaPlc:
+    return opcua_plc
+
+
 @contextlib.asynccontextmanager
 async def collecting(config: OpcUaSourceConfig) -> AsyncIterator[Collector[OpcUaSource]]:
     collector = Collector(OpcUaSource(config)).start()
