@@ -29,10 +29,16 @@ class Collector(Generic[S]):
         return self
 
     async def stop(self) -> None:
-        assert self._task is not None
-        self._task.cancel()
+        # Cancel until it is gone: on Python 3.11 asyncio.wait_for swallows a cancellation
+        # whose reply lands in the same loop step (edgegw.app does the same); a source task
+        # left running hangs the event loop's close after the module (seen once).
+        task = self._task
+        assert task is not None
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.5)
         with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+            await task
 
     async def __aenter__(self) -> Collector[S]:
         return self.start()
