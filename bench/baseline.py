@@ -159,7 +159,8 @@ def run_paho(host: str, port: int, seconds: float, warmup: float, window: int, s
 async def run_edgegw(
     host: str, port: int, seconds: float, warmup: float, window: int, size: int
 ) -> None:
-    from edgegw.sinks.mqtt import MqttClient, MqttSettings
+    from edgegw.sinks.mqtt.client import MqttClient
+    from edgegw.sinks.mqtt.settings import MqttSettings
 
     state = {"acked": 0, "refused": 0}
     room = asyncio.Event()

@@ -6,8 +6,8 @@ Used by `bench.catchup`; also runs alone (the file must not exist yet)::
 
 The rows are genuine: Modbus-like readings (every tag of `--source` read once per poll round,
 125 registers per reply sharing a timestamp, values that change at every read, as the bench
-simulator serves them) go through the gateway's own `edgegw.pipeline.Pipeline` (rules,
-report-by-exception, envelope, idempotency key, trace) and into `edgegw.outbox.Outbox.append`,
+simulator serves them) go through the gateway's own `edgegw.pipeline.process.Pipeline` (rules,
+report-by-exception, envelope, idempotency key, trace) and into `edgegw.outbox.store.Outbox.append`,
 which numbers them (`seq` 1..N, contiguous), serialises them and commits them. The only
 difference from a gateway in an outage is the size of the commit groups (`group`, default
 20,000 rows instead of the committer's 1,000): fewer transactions, same rows. The readings are
@@ -28,9 +28,9 @@ import orjson
 
 from edgegw.config.loader import load_config
 from edgegw.config.model import GatewayConfig
-from edgegw.outbox import Outbox, PendingEvent
-from edgegw.pipeline import Pipeline
-from edgegw.quarantine import QuarantineRecord
+from edgegw.outbox.quarantine import QuarantineRecord
+from edgegw.outbox.store import Outbox, PendingEvent
+from edgegw.pipeline.process import Pipeline
 from edgegw.reading import Reading
 
 REGISTERS_PER_REPLY = 125  # the Modbus driver stamps one reply (<= 125 registers) alike
@@ -99,7 +99,7 @@ async def _fill(config: GatewayConfig, source: str, count: int, group: int) -> F
     tags = _source_tags(config, source)
     poll = _poll_of(config, source)
     pipeline = Pipeline(config)
-    # The same Outbox settings as edgegw.app.Gateway gives its outbox.
+    # The same Outbox settings as edgegw.service.app.Gateway gives its outbox.
     outbox = Outbox(
         config.outbox_path,
         synchronous=config.outbox.synchronous,
@@ -157,7 +157,7 @@ async def _fill(config: GatewayConfig, source: str, count: int, group: int) -> F
         groups=groups,
         group_size=group,
         file_mb=round(_file_bytes(config.outbox_path) / 2**20, 1),
-        method="edgegw.pipeline.Pipeline.process + edgegw.outbox.Outbox.append",
+        method="edgegw.pipeline.process.Pipeline.process + edgegw.outbox.store.Outbox.append",
     )
 
 

@@ -1,5 +1,5 @@
 import sys
 
-from edgegw.cli import main
+from edgegw.cli.main import main
 
 sys.exit(main())

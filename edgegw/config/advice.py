@@ -16,7 +16,7 @@ from edgegw.config.diagnostics import format_issue, loc_to_path
 from edgegw.config.model import GatewayConfig
 from edgegw.config.types import format_duration
 from edgegw.config.yamlpos import Mark, YamlDocument, load_yaml_file
-from edgegw.events.config import SequenceConfig
+from edgegw.pipeline.events.config import SequenceConfig
 from edgegw.sources.modbus.config import ModbusSourceConfig
 
 Loc = tuple[str | int, ...]

@@ -19,7 +19,7 @@ from edgegw.config.types import (
     TagBase,
     check_url_port,
 )
-from edgegw.events.config import EventConfig, SequenceConfig
+from edgegw.pipeline.events.config import EventConfig, SequenceConfig
 from edgegw.sources.modbus.config import ModbusSourceConfig
 from edgegw.sources.opcua.config import OpcUaSourceConfig
 

@@ -32,7 +32,7 @@ from edgegw.config.yamlpos import load_yaml_text
 from edgegw.errors import EdgeGwError, OutboxError
 
 if TYPE_CHECKING:
-    from edgegw.app import Gateway
+    from edgegw.service.app import Gateway
 
 DEMO_CONFIG = "demo.yaml"
 # The ports the demo prefers (the README's and the simulators' defaults); any free one else.
@@ -421,8 +421,8 @@ def _banner(config: GatewayConfig, config_path: str, broker_name: str) -> list[s
 
 
 async def _demo(duration: float | None, broker_kind: str, state_dir: str | None) -> None:
-    from edgegw.app import Gateway
-    from edgegw.outbox import read_stats
+    from edgegw.outbox.store import read_stats
+    from edgegw.service.app import Gateway
     from simulators.modbus_plc import ModbusPlc
     from simulators.opcua_plc import OpcUaPlc
 

@@ -36,7 +36,7 @@ from typing import Any
 import orjson
 import pytest
 
-from edgegw.outbox import read_stats
+from edgegw.outbox.store import read_stats
 from simulators.modbus_plc import BENCH_BASE, ModbusPlc
 from simulators.opcua_plc import FILLER_STATES, FROZEN_VALUE, NAMESPACE_URI, OpcUaPlc
 from tests.conftest import StartModbusPlc, StartOpcUaPlc

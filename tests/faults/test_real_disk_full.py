@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from edgegw.app import Gateway
+from edgegw.service.app import Gateway
 from simulators.modbus_plc import ModbusPlc
 from tests.faults.conftest import FaultReport
 from tests.support.broker import Mosquitto

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edgegw.pki import create_application_certificate
+from edgegw.sources.opcua.pki import create_application_certificate
 from simulators.opcua_plc import NAMESPACE_URI, OpcUaPlc
 
 pytestmark = pytest.mark.timeout(120)

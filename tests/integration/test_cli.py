@@ -176,8 +176,8 @@ def test_outbox_stats_after_a_demo(tmp_path: Path) -> None:
 @pytest.mark.timeout(60)
 async def test_outbox_stats_of_a_known_outbox(tmp_path: Path) -> None:
     """Exact figures: 5 events committed, seq 1 and 2 acknowledged, 1 record quarantined."""
-    from edgegw.outbox import Outbox, PendingEvent
-    from edgegw.quarantine import QuarantineRecord
+    from edgegw.outbox.quarantine import QuarantineRecord
+    from edgegw.outbox.store import Outbox, PendingEvent
 
     state = tmp_path / "state"
     config = tmp_path / "gw.yaml"

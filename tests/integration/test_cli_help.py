@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from edgegw.cli import build_parser
+from edgegw.cli.main import build_parser
 
 # The commands and options the README and docs/*.md name (pinned here, not read from the
 # parser: a command or option that disappears must fail this test).

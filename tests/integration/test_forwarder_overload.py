@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from edgegw.forwarder import Forwarder
-from edgegw.outbox import Outbox, PendingEvent
-from edgegw.sinks.mqtt import MqttSettings
+from edgegw.outbox.store import Outbox, PendingEvent
+from edgegw.sinks.forwarder import Forwarder
+from edgegw.sinks.mqtt.settings import MqttSettings
 from tests.support.broker import Mosquitto
 from tests.support.proxy import CuttableProxy
 from tests.support.wait import stays, until

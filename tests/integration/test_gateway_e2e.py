@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from edgegw.app import Gateway
-from edgegw.outbox import read_stats
+from edgegw.outbox.store import read_stats
+from edgegw.service.app import Gateway
 from simulators.modbus_plc import ModbusPlc
 from tests.conftest import StartModbusPlc
 from tests.support.broker import Mosquitto

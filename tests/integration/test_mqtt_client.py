@@ -12,9 +12,12 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-import edgegw.sinks.mqtt as mqtt_module
+import edgegw.sinks.mqtt.client as mqtt_module
 from edgegw.errors import SinkError
-from edgegw.sinks.mqtt import MqttClient, MqttSettings, pack_publish_properties, reason_text
+from edgegw.sinks.mqtt.client import MqttClient
+from edgegw.sinks.mqtt.properties import pack_publish_properties
+from edgegw.sinks.mqtt.reasons import reason_text
+from edgegw.sinks.mqtt.settings import MqttSettings
 from tests.support.broker import Mosquitto
 from tests.support.subscriber import Received, Subscriber
 from tests.support.wait import until

@@ -111,7 +111,7 @@ def test_check_and_run_name_an_unusable_state_dir(tmp_path: Path) -> None:
 async def test_two_gateways_with_one_client_id_back_off(
     tmp_path: Path, mosquitto: Mosquitto, plc: ModbusPlc, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="edgegw.forwarder")
+    caplog.set_level(logging.INFO, logger="edgegw.sinks.forwarder")
     configs = []
     for name in ("one", "two"):
         data = config_dict(tmp_path / name, mosquitto.port, plc.port, bench_tags(2))

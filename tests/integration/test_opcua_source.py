@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from asyncua import Client, ua
 
-from edgegw.pki import create_application_certificate, load_certificate, thumbprint
 from edgegw.sources.opcua.config import OpcUaSourceConfig
 from edgegw.sources.opcua.driver import OpcUaSource
+from edgegw.sources.opcua.pki import create_application_certificate, load_certificate, thumbprint
 from simulators.opcua_plc import NAMESPACE_URI, TYPE_VALUES, OpcUaPlc
 from tests.support.collector import Collector
 from tests.support.proxy import CuttableProxy

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from edgegw import app
-from edgegw.app import Gateway
+from edgegw.service import app
+from edgegw.service.app import Gateway
 from simulators.modbus_plc import ModbusPlc
 from tests.support.broker import Mosquitto
 from tests.support.gateway import bench_tags, build_config, config_dict
@@ -29,7 +29,7 @@ async def test_the_alarm_repeats_while_the_outbox_takes_no_data(
 ) -> None:
     # The interval shortened (the mechanism is what is tested); retries stay every second.
     monkeypatch.setattr(app, "ALARM_EVERY", 2.5)
-    caplog.set_level(logging.INFO, logger="edgegw.app")
+    caplog.set_level(logging.INFO, logger="edgegw.service.app")
     data = config_dict(tmp_path, mosquitto.port, plc.port, bench_tags(20), poll="50ms")
     gateway = Gateway(build_config(data))
     task = asyncio.create_task(gateway.run())

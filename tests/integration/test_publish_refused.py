@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 import pytest
 
-from edgegw.app import Gateway
+from edgegw.service.app import Gateway
 from simulators.modbus_plc import ModbusPlc
 from tests.support.broker import Mosquitto
 from tests.support.gateway import bench_tags, config_dict, running_gateway

@@ -16,8 +16,8 @@ from typing import Any
 import orjson
 import pytest
 
-from edgegw.outbox import Outbox
-from edgegw.quarantine import QuarantineRecord
+from edgegw.outbox.quarantine import QuarantineRecord
+from edgegw.outbox.store import Outbox
 from simulators.modbus_plc import ModbusPlc
 from tests.support.broker import Mosquitto
 from tests.support.gateway import GatewayProcess, config_dict, write_config

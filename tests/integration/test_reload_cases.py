@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from edgegw.app import Gateway
+from edgegw.service.app import Gateway
 from simulators.modbus_plc import ModbusPlc
 from tests.support.broker import Mosquitto
 from tests.support.gateway import bench_tags, build_config, config_dict, write_config

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
-from edgegw.metrics import FAMILIES
+from edgegw.service.metrics import FAMILIES
 from simulators.modbus_plc import ModbusPlc
 from tests.support import http
 from tests.support.broker import Mosquitto

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edgegw.outbox import Outbox
+from edgegw.outbox.store import Outbox
 from tests.support.gateway import GatewayProcess, config_dict, write_config
 from tests.support.wait import until
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from edgegw.sdnotify import Notifier
+from edgegw.service.sdnotify import Notifier
 from simulators.modbus_plc import ModbusPlc
 from tests.support.broker import Mosquitto
 from tests.support.gateway import GatewayProcess, bench_tags, config_dict, write_config
@@ -91,7 +91,7 @@ def test_without_notify_socket_nothing_is_sent_and_nothing_fails(
     notifier = Notifier({})
     assert not notifier.enabled
     assert notifier.watchdog_interval is None
-    with caplog.at_level(logging.DEBUG, logger="edgegw.sdnotify"):
+    with caplog.at_level(logging.DEBUG, logger="edgegw.service.sdnotify"):
         notifier.ready("x")
         notifier.watchdog()
         notifier.status("y")
@@ -122,7 +122,7 @@ def test_an_abstract_socket_name_and_a_vanished_socket(
         listener.close()
     missing = tmp_path / "missing.sock"
     gone = Notifier({"NOTIFY_SOCKET": str(missing)})
-    with caplog.at_level(logging.DEBUG, logger="edgegw.sdnotify"):
+    with caplog.at_level(logging.DEBUG, logger="edgegw.service.sdnotify"):
         for _ in range(3):  # never raised...
             gone.watchdog()
         gone.status("still here")

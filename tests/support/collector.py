@@ -30,7 +30,7 @@ class Collector(Generic[S]):
 
     async def stop(self) -> None:
         # Cancel until it is gone: on Python 3.11 asyncio.wait_for swallows a cancellation
-        # whose reply lands in the same loop step (edgegw.app does the same); a source task
+        # whose reply lands in the same loop step (edgegw.service.app does the same); a source task
         # left running hangs the event loop's close after the module (seen once).
         task = self._task
         assert task is not None

@@ -14,10 +14,10 @@ from typing import Any, ClassVar
 import orjson
 import yaml
 
-from edgegw.app import Gateway
 from edgegw.config.diagnostics import validate_document
 from edgegw.config.model import GatewayConfig
 from edgegw.config.yamlpos import load_yaml_text
+from edgegw.service.app import Gateway
 
 
 def config_dict(

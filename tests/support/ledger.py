@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from edgegw.outbox import read_stats
+from edgegw.outbox.store import read_stats
 from tests.support.subscriber import Received, Subscriber
 from tests.support.wait import STALL, until, until_progress
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from edgegw.browse_command import EX_USAGE
-from edgegw.cli import main
+from edgegw.cli.browse import EX_USAGE
+from edgegw.cli.main import main
 from edgegw.demo import demo_config_text
 
 

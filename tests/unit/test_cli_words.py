@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edgegw.cli import EX_CONFIG, main
-from edgegw.outbox import Outbox
+from edgegw.cli.main import EX_CONFIG, main
+from edgegw.outbox.store import Outbox
 from tests.support.gateway import bench_tags, config_dict
 
 

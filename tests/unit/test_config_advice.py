@@ -136,7 +136,7 @@ def readme_example() -> str:
 
 
 def test_the_readme_example_cycles_without_warnings_or_quarantine(tmp_path: Path) -> None:
-    from edgegw.pipeline import Pipeline
+    from edgegw.pipeline.process import Pipeline
     from edgegw.reading import Reading
 
     path = tmp_path / "gw.yaml"

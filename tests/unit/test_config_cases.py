@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from edgegw.cli import EX_CONFIG, main
+from edgegw.cli.main import EX_CONFIG, main
 
 CASES = sorted(p for p in (Path(__file__).parent.parent / "configs").iterdir() if p.is_dir())
 

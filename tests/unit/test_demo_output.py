@@ -7,7 +7,7 @@ import json
 import orjson
 import pytest
 
-from edgegw.cli import main
+from edgegw.cli.main import main
 from edgegw.demo import RunFacts, Tally, describe, missing_ranges, summary
 
 TOPIC = "plant-a/packaging/line-1"

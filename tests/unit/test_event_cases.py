@@ -13,9 +13,9 @@ import pytest
 import yaml
 
 from edgegw.config.loader import load_config
-from edgegw.events.schemas import all_schemas
-from edgegw.outbox import Outbox
-from edgegw.pipeline import Pipeline
+from edgegw.outbox.store import Outbox
+from edgegw.pipeline.events.schemas import all_schemas
+from edgegw.pipeline.process import Pipeline
 from edgegw.reading import Reading
 
 CASES = sorted(p for p in (Path(__file__).parent.parent / "events").iterdir() if p.is_dir())

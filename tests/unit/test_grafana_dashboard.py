@@ -1,6 +1,6 @@
 """The shipped Grafana dashboard queries exactly the metric families the gateway serves.
 
-`edgegw.metrics.FAMILIES` is the authority: a query naming a metric that is not served, or a
+`edgegw.service.metrics.FAMILIES` is the authority: a query naming a metric that is not served, or a
 family no panel shows, fails here, so the dashboard cannot drift from the code.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from edgegw.metrics import FAMILIES
+from edgegw.service.metrics import FAMILIES
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "grafana" / "edgegw-dashboard.json"
 DATASOURCE = "${DS_PROMETHEUS}"
@@ -93,7 +93,7 @@ def problem(metric: str) -> str | None:
         base = metric.removesuffix(suffix)
         if base != metric and base in FAMILIES:
             return f"{base} is a {FAMILIES[base]}, which has no {suffix} series"
-    return f"{metric} is not in edgegw.metrics.FAMILIES"
+    return f"{metric} is not in edgegw.service.metrics.FAMILIES"
 
 
 def test_every_query_names_only_served_series(dashboard: dict[str, Any]) -> None:

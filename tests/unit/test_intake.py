@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from edgegw.intake import IntakeQueue
+from edgegw.pipeline.intake import IntakeQueue
 from edgegw.reading import Reading
 from tests.support.wait import stays
 

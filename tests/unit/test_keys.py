@@ -15,15 +15,15 @@ from hypothesis import strategies as st
 from edgegw.config.diagnostics import validate_document
 from edgegw.config.model import GatewayConfig
 from edgegw.config.yamlpos import load_yaml_text
-from edgegw.keys import (
+from edgegw.outbox.quarantine import conflict_key, data_digest
+from edgegw.pipeline.keys import (
     EVENT_NAMESPACE,
     TELEMETRY_NAMESPACE,
     event_key,
     telemetry_key,
     uuid5_text,
 )
-from edgegw.pipeline import Pipeline
-from edgegw.quarantine import conflict_key, data_digest
+from edgegw.pipeline.process import Pipeline
 from edgegw.reading import Reading
 from edgegw.timefmt import iso_utc
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from edgegw.outbox import Outbox, PendingEvent, read_stats
+from edgegw.outbox.store import Outbox, PendingEvent, read_stats
 
 
 def event(
@@ -257,7 +257,7 @@ async def test_normal_mode_syncs_the_wal_on_request(tmp_path: Path) -> None:
 async def test_a_gap_message_follows_its_schema(tmp_path: Path) -> None:
     import jsonschema
 
-    from edgegw.events.schemas import envelope
+    from edgegw.pipeline.events.schemas import envelope
 
     box = Outbox(str(tmp_path / "o.sqlite3"), max_rows=1000, gateway="gw1", gap_topic="g")
     await box.open()
@@ -349,7 +349,7 @@ PRAGMA user_version=3;
 async def test_a_version_3_outbox_is_migrated_with_backlog_keys_and_quarantine(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from edgegw.quarantine import QuarantineRecord
+    from edgegw.outbox.quarantine import QuarantineRecord
 
     path = tmp_path / "outbox.sqlite3"
     business = {"schema": "edgegw.event/1", "id": "e11", "type": "batch.completed"}
@@ -370,7 +370,7 @@ async def test_a_version_3_outbox_is_migrated_with_backlog_keys_and_quarantine(
         old.commit()
 
     box = Outbox(str(path))
-    with caplog.at_level("INFO", logger="edgegw.outbox"):
+    with caplog.at_level("INFO", logger="edgegw.outbox.store"):
         await box.open()
         try:
             assert [(r.seq, r.id, r.payload) for r in await box.claim(0, 10)] == [

@@ -13,8 +13,8 @@ import pytest
 from edgegw.config.diagnostics import validate_document
 from edgegw.config.model import GatewayConfig
 from edgegw.config.yamlpos import load_yaml_text
-from edgegw.keys import telemetry_key
-from edgegw.pipeline import TelemetryBuilder, iso_utc
+from edgegw.pipeline.keys import telemetry_key
+from edgegw.pipeline.telemetry import TelemetryBuilder, iso_utc
 from edgegw.reading import Reading
 
 CONFIG = """
@@ -164,7 +164,7 @@ sources:
 
 
 def test_a_lasting_violation_is_one_record_updated_every_10_s_and_at_its_end() -> None:
-    from edgegw.pipeline import Pipeline
+    from edgegw.pipeline.process import Pipeline
 
     config = validate_document(GatewayConfig, load_yaml_text(LEVEL_CONFIG))
     pipeline = Pipeline(config)

@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from edgegw import pki
 from edgegw.errors import EdgeGwError
+from edgegw.sources.opcua import pki
 
 
 def mode_of(path: Path) -> int:

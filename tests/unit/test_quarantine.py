@@ -14,11 +14,11 @@ import jsonschema
 import orjson
 import pytest
 
-from edgegw import quarantine_cli
-from edgegw.events.schemas import envelope
-from edgegw.keys import event_key
-from edgegw.outbox import Outbox, PendingEvent
-from edgegw.quarantine import QuarantineRecord, conflict_key, data_digest, describe_changes
+from edgegw.cli import quarantine as quarantine_cli
+from edgegw.outbox.quarantine import QuarantineRecord, conflict_key, data_digest, describe_changes
+from edgegw.outbox.store import Outbox, PendingEvent
+from edgegw.pipeline.events.schemas import envelope
+from edgegw.pipeline.keys import event_key
 
 TOPIC = "s/a/L1/events/batch.completed"
 B1006 = event_key("gw1", "batch.completed", [("batch", '"B1006"')])
@@ -79,7 +79,7 @@ async def test_a_true_repeat_is_not_sent_twice_and_names_type_and_key(
     outbox: Outbox, caplog: pytest.LogCaptureFixture
 ) -> None:
     assert await outbox.append([completed({"good": 21})]) == 1
-    with caplog.at_level(logging.INFO, logger="edgegw.outbox"):
+    with caplog.at_level(logging.INFO, logger="edgegw.outbox.store"):
         assert await outbox.append([completed({"good": 21}, at=9)]) == 0
     assert len(await sent(outbox)) == 1
     assert held(outbox.path) == []
@@ -96,7 +96,7 @@ async def test_other_data_under_a_sent_key_is_a_conflict_held_and_counted(
     outbox: Outbox, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:
     await outbox.append([completed({"good": 21, "scrap": 0})])
-    with caplog.at_level(logging.INFO, logger="edgegw.outbox"):
+    with caplog.at_level(logging.INFO, logger="edgegw.outbox.store"):
         # Detected 3 times with the PLC's new counts (after a blip, after a restart): one
         # record, counted 3 times; never sent under the old id.
         for at in (5, 7, 8):
@@ -143,7 +143,7 @@ async def test_a_released_conflict_is_sent_once_under_its_own_id(
         f"released #{record['qid']} (batch.completed id {new_id}, a new event superseding "
         f"{B1006}); the running gateway publishes it within seconds (or at its next start)\n"
     )
-    with caplog.at_level(logging.INFO, logger="edgegw.outbox"):
+    with caplog.at_level(logging.INFO, logger="edgegw.outbox.store"):
         # Seen again before the gateway moved the release: still the one record.
         assert await outbox.append([completed({"good": 4}, at=9)]) == 0
         assert [(r["count"], r["qid"]) for r in held(outbox.path)] == [(2, record["qid"])]
@@ -203,7 +203,7 @@ async def test_an_event_sent_good_and_detected_again_breaking_its_contract_leave
     bad = completed({"good": -1}, batch="B1007", at=12)
     # The same data as sent (a contract made stricter by a reload): a repeat, said so.
     same = completed({"good": 30}, batch="B1007", at=13)
-    with caplog.at_level(logging.INFO, logger="edgegw.outbox"):
+    with caplog.at_level(logging.INFO, logger="edgegw.outbox.store"):
         await outbox.append([], [broken(bad, "good -1 is below min 0")])
         await outbox.append([], [broken(same, "good 30 is above max 20")])
     (record,) = held(outbox.path)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from edgegw.histogram import Histogram
-from edgegw.reload import diff_configs
+from edgegw.service.reload import diff_configs
 from edgegw.sources import base
 from edgegw.sources.base import SourceStatus
 from tests.support.gateway import bench_tags, build_config, config_dict

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edgegw.statedir import StateDirError, acquire, check_problem, lock_paths
+from edgegw.service.statedir import StateDirError, acquire, check_problem, lock_paths
 
 
 def test_a_second_lock_names_the_holder_and_release_lets_it_in(tmp_path: Path) -> None:

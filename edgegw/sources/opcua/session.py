@@ -20,14 +20,14 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 
 from edgegw.config.types import read_secret
 from edgegw.errors import EdgeGwError
-from edgegw.pki import (
+from edgegw.sources.opcua.config import OpcUaSecurity, OpcUaSourceConfig
+from edgegw.sources.opcua.pki import (
     application_uri,
     describe,
     load_certificate,
     load_private_key,
     thumbprint,
 )
-from edgegw.sources.opcua.config import OpcUaSecurity, OpcUaSourceConfig
 
 POLICIES: dict[str, type[security_policies.SecurityPolicy]] = {
     "Basic256Sha256": security_policies.SecurityPolicyBasic256Sha256,

@@ -19,7 +19,7 @@ from pydantic import (
     create_model,
 )
 
-from edgegw.events.config import EventConfig, FieldRule
+from edgegw.pipeline.events.config import EventConfig, FieldRule
 
 
 def _integral(value: Any) -> Any:

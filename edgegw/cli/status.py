@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from edgegw.config.model import GatewayConfig
-from edgegw.statedir import running_endpoint
+from edgegw.service.statedir import running_endpoint
 
 EXIT_OK = 0
 EXIT_FAILING = 1  # running, but a source, the broker or the outbox is failing
@@ -54,7 +54,7 @@ def run_status(config: GatewayConfig, config_path: str, *, as_json: bool) -> int
 def _offline(config: GatewayConfig) -> int:
     """What the outbox file says when the daemon cannot be asked."""
     from edgegw.errors import OutboxError
-    from edgegw.outbox import read_stats
+    from edgegw.outbox.store import read_stats
 
     try:
         stats = read_stats(config.outbox_path).as_dict()

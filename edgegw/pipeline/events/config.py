@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, PlainValidator, WithJsonSchema, field_validator, model_validator
 
 from edgegw.config.types import Duration, StrictModel
-from edgegw.events.expr import Condition, parse_condition
+from edgegw.pipeline.events.expr import Condition, parse_condition
 
 Scalar = int | float | bool | str
 

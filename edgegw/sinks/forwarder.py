@@ -15,8 +15,10 @@ import orjson
 from edgegw.backoff import Backoff
 from edgegw.errors import OutboxError, SinkError
 from edgegw.histogram import Histogram
-from edgegw.outbox import Outbox, StoredEvent
-from edgegw.sinks.mqtt import MqttClient, MqttSettings, reason_text
+from edgegw.outbox.store import Outbox, StoredEvent
+from edgegw.sinks.mqtt.client import MqttClient
+from edgegw.sinks.mqtt.reasons import reason_text
+from edgegw.sinks.mqtt.settings import MqttSettings
 
 log = logging.getLogger(__name__)
 

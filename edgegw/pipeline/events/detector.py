@@ -11,11 +11,11 @@ import orjson
 from pydantic import BaseModel
 
 from edgegw.config.model import GatewayConfig
-from edgegw.events.config import GATEWAY_FIELDS, EventConfig
-from edgegw.events.contract import build_contract, check_contract, normalise
-from edgegw.keys import event_key
-from edgegw.outbox import PendingEvent
-from edgegw.quarantine import QuarantineRecord
+from edgegw.outbox.quarantine import QuarantineRecord
+from edgegw.outbox.store import PendingEvent
+from edgegw.pipeline.events.config import GATEWAY_FIELDS, EventConfig
+from edgegw.pipeline.events.contract import build_contract, check_contract, normalise
+from edgegw.pipeline.keys import event_key
 from edgegw.reading import Reading, Value
 from edgegw.timefmt import iso_utc
 

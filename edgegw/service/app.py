@@ -11,19 +11,20 @@ import time
 from edgegw.config.model import GatewayConfig
 from edgegw.config.types import read_secret
 from edgegw.errors import ConfigError, EdgeGwError, OutboxError
-from edgegw.events.schemas import announcements
-from edgegw.forwarder import BatchSettings, Forwarder
-from edgegw.intake import IntakeQueue
-from edgegw.metrics import serve, start_http
-from edgegw.outbox import NORMAL_SYNC_INTERVAL, Outbox, PendingEvent
-from edgegw.pipeline import Pipeline
-from edgegw.quarantine import QuarantineRecord
-from edgegw.reload import ConfigChanges, diff_configs, file_sha256
-from edgegw.sdnotify import Notifier
-from edgegw.sinks.mqtt import MqttSettings, TlsSettings
+from edgegw.outbox.quarantine import QuarantineRecord
+from edgegw.outbox.store import NORMAL_SYNC_INTERVAL, Outbox, PendingEvent
+from edgegw.pipeline.events.schemas import announcements
+from edgegw.pipeline.intake import IntakeQueue
+from edgegw.pipeline.process import Pipeline
+from edgegw.service.metrics import serve, start_http
+from edgegw.service.reload import ConfigChanges, diff_configs, file_sha256
+from edgegw.service.sdnotify import Notifier
+from edgegw.service.statedir import acquire as acquire_state_dir
+from edgegw.sinks.forwarder import BatchSettings, Forwarder
+from edgegw.sinks.mqtt.settings import MqttSettings
+from edgegw.sinks.mqtt.tls import TlsSettings
 from edgegw.sources.base import Source
 from edgegw.sources.registry import build_source
-from edgegw.statedir import acquire as acquire_state_dir
 
 log = logging.getLogger(__name__)
 audit = logging.getLogger("edgegw.audit")

@@ -33,16 +33,18 @@ import socket
 import ssl
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
-from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edgegw.errors import SinkError
+from edgegw.sinks.mqtt.properties import PackedProperties, pack_publish_properties
+from edgegw.sinks.mqtt.reasons import KEEPALIVE_TIMEOUT, SESSION_TAKEN_OVER, reason_text
+from edgegw.sinks.mqtt.settings import MqttSettings
+from edgegw.sinks.mqtt.tls import TlsSettings, ssl_words, tls_context
 
 __all__ = [
     "MAX_OUTSTANDING",
@@ -62,193 +64,6 @@ _MISC_INTERVAL = 1.0  # seconds between loop_misc() calls (keep-alive bookkeepin
 
 ONLINE = b"online"
 OFFLINE = b"offline"
-
-# MQTT 5 reason codes in words (MQTT 5.0 spec, 2.4). Texts are lower case: they are embedded in
-# sentences. Codes below 0x80 are successes.
-_REASON_WORDS: dict[int, str] = {
-    0x00: "success",
-    0x04: "disconnect with will message",
-    0x10: "no matching subscribers",
-    0x80: "unspecified error",
-    0x81: "malformed packet",
-    0x82: "protocol error",
-    0x83: "implementation specific error",
-    0x84: "unsupported protocol version",
-    0x85: "client id not valid",
-    0x86: "bad user name or password",
-    0x87: "not authorized",
-    0x88: "server unavailable",
-    0x89: "server busy",
-    0x8A: "banned",
-    0x8B: "server shutting down",
-    0x8C: "bad authentication method",
-    0x8D: "keep-alive timeout",
-    0x8E: (
-        "session taken over: another client connected with the same client id; "
-        "client ids must be unique per gateway"
-    ),
-    0x8F: "topic filter invalid",
-    0x90: "topic name invalid",
-    0x93: "receive maximum exceeded",
-    0x94: "topic alias invalid",
-    0x95: "packet too large",
-    0x96: "message rate too high",
-    0x97: "quota exceeded",
-    0x98: "administrative action",
-    0x99: "payload format invalid",
-    0x9A: "retain not supported",
-    0x9B: "QoS not supported",
-    0x9C: "use another server",
-    0x9D: "server moved",
-    0x9E: "shared subscriptions not supported",
-    0x9F: "connection rate exceeded",
-    0xA0: "maximum connect time",
-    0xA1: "subscription identifiers not supported",
-    0xA2: "wildcard subscriptions not supported",
-}
-
-_SESSION_TAKEN_OVER = 0x8E
-_KEEPALIVE_TIMEOUT = 0x8D
-
-
-def reason_text(code: int) -> str:
-    """An MQTT 5 reason code in words, e.g. ``reason_text(0x87) == "not authorized (0x87)"``."""
-    return f"{_REASON_WORDS.get(code, 'reason code unknown to edgegw')} (0x{code:02X})"
-
-
-@dataclass(frozen=True, slots=True)
-class TlsSettings:
-    """Whom to trust and who we are; file paths, so settings compare by value on a reload."""
-
-    ca: str | None = None  # None: the system's trust store
-    cert: str | None = None  # client certificate for mutual TLS, with `key`
-    key: str | None = None
-    verify_hostname: bool = True
-
-
-def tls_context(tls: TlsSettings) -> ssl.SSLContext:
-    """A client context: TLS 1.2 at least, the broker's certificate verified against `ca`,
-    its name checked unless told otherwise. SinkError naming the file that cannot be used."""
-    try:
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=tls.ca)
-    except (OSError, ssl.SSLError) as exc:
-        raise SinkError(f"cannot use the CA file {tls.ca}: {_ssl_words(exc)}") from None
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.check_hostname = tls.verify_hostname
-    if tls.cert is not None:
-        try:
-            context.load_cert_chain(tls.cert, tls.key)
-        except (OSError, ssl.SSLError) as exc:
-            raise SinkError(
-                f"cannot use the client certificate {tls.cert} with key {tls.key}: "
-                f"{_ssl_words(exc)}"
-            ) from None
-    return context
-
-
-def _ssl_words(exc: BaseException) -> str:
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return str(exc.verify_message or exc.reason or exc)
-    if isinstance(exc, ssl.SSLError):
-        return str(exc.reason or exc).replace("_", " ").lower()
-    if isinstance(exc, OSError):
-        return str(exc.strerror or exc)
-    return str(exc)
-
-
-@dataclass(frozen=True, slots=True)
-class MqttSettings:
-    host: str
-    port: int
-    client_id: str
-    protocol: Literal["5", "3.1.1"] = "5"
-    keepalive: int = 30  # seconds
-    connect_timeout: float = 10.0  # seconds, TCP connect and CONNACK together
-    status_topic: str | None = None  # retained birth "online" on connect, last will "offline"
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)  # never in a log line
-    tls: TlsSettings | None = None  # mqtts://; the handshake runs in the connect worker
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
-
-
-# -- MQTT 5 PUBLISH properties, encoded without paho's Properties machinery ---------------------
-
-
-def _utf8(value: str) -> bytes:
-    data = value.encode("utf-8")
-    if len(data) > 0xFFFF:
-        raise ValueError(f"MQTT string longer than 65535 bytes: {value[:40]!r}…")
-    return len(data).to_bytes(2, "big") + data
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-# Property keys and content types repeat on every message ("id", "schema", "trace",
-# "application/json"): their encoded form is cached. Values (ids, traces) are not.
-_FIELD_CACHE: dict[tuple[bytes, str], bytes] = {}
-_FIELD_CACHE_MAX = 1024
-
-
-def _prefixed(prefix: bytes, value: str) -> bytes:
-    cached = _FIELD_CACHE.get((prefix, value))
-    if cached is None:
-        cached = prefix + _utf8(value)
-        if len(_FIELD_CACHE) < _FIELD_CACHE_MAX:
-            _FIELD_CACHE[(prefix, value)] = cached
-    return cached
-
-
-def pack_publish_properties(
-    user_properties: Sequence[tuple[str, str]], content_type: str | None
-) -> bytes:
-    """The property block of an MQTT 5 PUBLISH (length prefix included), as paho's
-    `Properties.pack()` would produce it for ContentType (0x03) and UserProperty (0x26)."""
-    parts = [] if content_type is None else [_prefixed(b"\x03", content_type)]
-    for key, value in user_properties:
-        parts.append(_prefixed(b"\x26", key))
-        parts.append(_utf8(value))
-    body = b"".join(parts)
-    n = len(body)
-    # One length byte up to 127 bytes of properties, the common case.
-    return (bytes((n,)) if n < 0x80 else _varint(n)) + body
-
-
-class _PackedProperties(Properties):
-    """Properties whose wire form is already encoded.
-
-    paho only calls `pack()` on the properties of an outgoing PUBLISH (and would `str()` them
-    if paho's own logger were enabled, which we never do). `Properties.__init__` is skipped on
-    purpose: it builds its lookup tables per instance, the largest per-message cost in paho.
-    """
-
-    _packed: bytes
-
-    def __init__(self, packed: bytes) -> None:  # no super().__init__(): see the class docstring
-        # object.__setattr__: Properties.__setattr__ accepts only MQTT property names.
-        object.__setattr__(self, "packetType", PacketTypes.PUBLISH)
-        object.__setattr__(self, "_packed", packed)
-
-    def pack(self) -> bytes:
-        return self._packed
-
-    def __str__(self) -> str:
-        return f"<packed PUBLISH properties, {len(self.pack())} bytes>"
-
-    __repr__ = __str__
-
 
 # -- one connection ---------------------------------------------------------------------------
 
@@ -466,7 +281,7 @@ class _Link:
             raise SinkError(self._untrusted(exc)) from None
         except ssl.SSLError as exc:
             raise SinkError(
-                f"TLS handshake with {s.address} failed: {_ssl_words(exc)} (is it a TLS port? "
+                f"TLS handshake with {s.address} failed: {ssl_words(exc)} (is it a TLS port? "
                 "mqtts:// is usually 8883, mqtt:// 1883)"
             ) from None
         except socket.gaierror as exc:
@@ -660,7 +475,7 @@ class _Link:
     # -- words -----------------------------------------------------------------------------------
     def _untrusted(self, exc: ssl.SSLCertVerificationError) -> str:
         s = self.settings
-        words = _ssl_words(exc)
+        words = ssl_words(exc)
         if "mismatch" in words.lower():
             return (
                 f"TLS: the broker's certificate is not valid for {s.host!r} ({words}); connect "
@@ -678,7 +493,7 @@ class _Link:
 
     def _why(self, reason: ReasonCode) -> str:
         code: int = reason.value
-        if code == _SESSION_TAKEN_OVER:
+        if code == SESSION_TAKEN_OVER:
             return (
                 f"session taken over (0x8E): another client connected with the same client id "
                 f"{self.settings.client_id!r}; client ids must be unique per gateway"
@@ -705,7 +520,7 @@ class _Link:
                 f"{s.address} closed the connection before CONNACK: is it an MQTT broker, and "
                 f"does it accept MQTT {s.protocol}?"
             )
-        if reason.value == _KEEPALIVE_TIMEOUT:
+        if reason.value == KEEPALIVE_TIMEOUT:
             return f"no answer from the broker {s.address} within the keep-alive ({s.keepalive} s)"
         # The socket was closed (or reset) without an MQTT DISCONNECT. Mosquitto 2.0 does that
         # when it stops AND when another client takes the session over (it sends no 0x8E), and
@@ -804,7 +619,7 @@ class MqttClient:
             )
         props: Properties | None = None
         if link.v5 and (user_properties or content_type is not None):
-            props = _PackedProperties(pack_publish_properties(user_properties, content_type))
+            props = PackedProperties(pack_publish_properties(user_properties, content_type))
         info = link.paho.publish(topic, payload, qos, retain, props)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:

@@ -12,8 +12,8 @@ from typing import Any
 import orjson
 
 from edgegw.config.model import GatewayConfig
-from edgegw.events.config import EventConfig
-from edgegw.events.contract import build_contract
+from edgegw.pipeline.events.config import EventConfig
+from edgegw.pipeline.events.contract import build_contract
 
 ENVELOPES = {
     "edgegw.telemetry-1": "telemetry-1.json",

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import orjson
 
-from edgegw.keys import EVENT_NAMESPACE
+from edgegw.pipeline.keys import EVENT_NAMESPACE
 
 QuarantineKind = Literal["telemetry", "event"]
 CONFLICT_RULE = "conflict"

@@ -27,7 +27,7 @@ import aiosqlite
 import orjson
 
 from edgegw.errors import OutboxError, OutboxFull
-from edgegw.quarantine import (
+from edgegw.outbox.quarantine import (
     CONFLICT_RULE,
     QuarantineRecord,
     conflict_key,

@@ -14,7 +14,7 @@ import orjson
 
 from edgegw import __version__
 from edgegw.errors import ConfigError, EdgeGwError
-from edgegw.statedir import StateDirError
+from edgegw.service.statedir import StateDirError
 
 EX_CONFIG = 78  # sysexits.h: the unit has RestartPreventExitStatus=78, so a typo is no restart loop
 # sysexits.h EX_CANTCREAT: the state directory is unusable or held by another gateway. Also in
@@ -273,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_demo(duration=args.duration, broker=args.broker, state_dir=args.state_dir)
         if args.command == "browse":
-            from edgegw.browse_command import run_browse
+            from edgegw.cli.browse import run_browse
 
             return run_browse(args)
         if args.command == "pki":
@@ -296,12 +296,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{args.config}: ok ({len(config.sources)} sources, {count} tags)")
             return 0
         if args.command == "run":
-            from edgegw.app import run_gateway
+            from edgegw.service.app import run_gateway
 
             asyncio.run(run_gateway(config, args.config))
             return 0
         if args.command == "status":
-            from edgegw.status_cli import run_status
+            from edgegw.cli.status import run_status
 
             return run_status(config, args.config, as_json=args.json)
         if args.command == "outbox":
@@ -357,7 +357,7 @@ def _check_state_dir(path: str, config: Any) -> None:
     """`check` says what `run` would find: a state directory it cannot write."""
     from edgegw.config.diagnostics import format_issue, with_summary
     from edgegw.config.yamlpos import load_yaml_file
-    from edgegw.statedir import check_problem
+    from edgegw.service.statedir import check_problem
 
     directories = [("gateway.state_dir", ("gateway", "state_dir"), config.gateway.state_dir)]
     if config.outbox.path is not None:
@@ -375,9 +375,9 @@ def _check_state_dir(path: str, config: Any) -> None:
 
 def _check_broker_credentials(config: Any) -> None:
     """What the model cannot see: the password file is text, the TLS files load together."""
-    from edgegw.app import mqtt_settings
     from edgegw.errors import SinkError
-    from edgegw.sinks.mqtt import tls_context
+    from edgegw.service.app import mqtt_settings
+    from edgegw.sinks.mqtt.tls import tls_context
 
     settings = mqtt_settings(config)  # reads the password file
     if settings.tls is not None:
@@ -392,7 +392,7 @@ def _stop_before_start(_signum: int, _frame: object) -> None:
 
 
 def _quarantine(args: argparse.Namespace, path: str) -> int:
-    from edgegw import quarantine_cli
+    from edgegw.cli import quarantine as quarantine_cli
 
     if args.action == "list":
         return quarantine_cli.list_records(path, since=args.since, as_json=args.json)
@@ -406,7 +406,7 @@ def _quarantine(args: argparse.Namespace, path: str) -> int:
 def _pki_create(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from edgegw.pki import create_application_certificate
+    from edgegw.sources.opcua.pki import create_application_certificate
 
     gateway_id = args.gateway_id or _load(args.config).gateway.id
     paths = create_application_certificate(
@@ -438,14 +438,14 @@ def _schema() -> int:
 
 
 def _message_schemas(config: Any) -> int:
-    from edgegw.events.schemas import all_schemas
+    from edgegw.pipeline.events.schemas import all_schemas
 
     sys.stdout.write(orjson.dumps(all_schemas(config), option=orjson.OPT_INDENT_2).decode() + "\n")
     return 0
 
 
 def _outbox_stats(path: str, *, as_json: bool) -> int:
-    from edgegw.outbox import read_stats
+    from edgegw.outbox.store import read_stats
 
     stats = read_stats(path).as_dict()
     if as_json:

@@ -20,7 +20,7 @@ from edgegw import __version__
 from edgegw.errors import EdgeGwError, OutboxError
 
 if TYPE_CHECKING:
-    from edgegw.app import Gateway
+    from edgegw.service.app import Gateway
     from edgegw.sources.base import Source
     from edgegw.sources.modbus.line import DeviceStatus
 

@@ -1,4 +1,4 @@
-"""Readings to telemetry events: report-by-exception, heartbeat, envelope, key and trace."""
+"""Readings to telemetry messages: report-by-exception, heartbeat, envelope, key and trace."""
 
 from __future__ import annotations
 
@@ -12,12 +12,9 @@ import orjson
 
 from edgegw.config.model import GatewayConfig
 from edgegw.config.types import parse_deadband
-from edgegw.events.detector import EventDetector
-from edgegw.keys import key_micros, telemetry_key, telemetry_key_at
-from edgegw.outbox import PendingEvent
-from edgegw.quarantine import QuarantineRecord
+from edgegw.outbox.store import PendingEvent
+from edgegw.pipeline.keys import key_micros, telemetry_key_at
 from edgegw.reading import Reading, Value
-from edgegw.rules import TagRules, Violation
 from edgegw.timefmt import iso_utc
 
 TELEMETRY_SCHEMA = "edgegw.telemetry/1"
@@ -161,82 +158,3 @@ class TelemetryBuilder:
             return True
         band = abs(last) * state.deadband / 100.0 if state.deadband_percent else state.deadband
         return abs(value - last) > band
-
-
-class Pipeline:
-    """Readings in; telemetry and business events for the outbox, violations for quarantine."""
-
-    def __init__(self, config: GatewayConfig) -> None:
-        self.gateway = config.gateway.id
-        self.rules = TagRules(config)
-        self.telemetry = TelemetryBuilder(config)
-        self.events = EventDetector(config)
-        self.quarantined = 0  # quarantine records opened (telemetry and events), since start
-
-    def carry_from(self, old: Pipeline) -> None:
-        """After a reload: counters, last published values, and the last value of every tag
-        (edge triggers compare with it). Sequence rules start afresh: the first value after a
-        reload is accepted as a start, as after a restart; a violation still open goes on in
-        its record."""
-        self.quarantined = old.quarantined
-        self.rules.carry_from(old.rules)
-        self.telemetry.carry_from(old.telemetry)
-        self.events.carry_from(old.events)
-
-    def process(self, readings: list[Reading]) -> tuple[list[PendingEvent], list[QuarantineRecord]]:
-        readings = _finite(readings)
-        checked, violations = self.rules.apply(readings)
-        out = self.telemetry.build(checked)
-        records = [self._record(violation) for violation in violations]
-        events, held = self.events.process(checked)
-        out.extend(events)
-        records.extend(held)
-        self.quarantined += sum(1 for record in records if not record.continues)
-        return out, records
-
-    def _record(self, violation: Violation) -> QuarantineRecord:
-        """A violation's record; a lasting one's updates carry the key and ts of the reading
-        that opened it, so the outbox adds them to that record."""
-        reading = violation.reading
-        first = violation.opened or reading
-        key = telemetry_key(
-            self.gateway,
-            first.source,
-            first.tag,
-            first.source_ts,
-            "good",
-            orjson.dumps(first.value).decode(),
-        )
-        return QuarantineRecord(
-            key=key,
-            kind="telemetry",
-            subject=f"{reading.source}.{reading.tag}",
-            rule=violation.rule,
-            value=reading.value,
-            reason=violation.reason,
-            topic=self.telemetry.topic_of(reading.source, reading.tag),
-            payload=None,
-            trace=os.urandom(8).hex(),
-            ts=first.source_ts,
-            created=time.time(),
-            count=violation.count,
-            last_ts=reading.source_ts,
-            continues=violation.opened is not None,
-        )
-
-
-def _finite(readings: list[Reading]) -> list[Reading]:
-    """NaN and infinities are never good: not for telemetry, rules, nor event fields."""
-    for index, reading in enumerate(readings):  # noqa: B007 - index is used after the loop
-        value = reading.value
-        if isinstance(value, float) and not math.isfinite(value):
-            break
-    else:
-        return readings
-    out = readings[:index]
-    for reading in readings[index:]:
-        value = reading.value
-        if reading.quality != "bad" and isinstance(value, float) and not math.isfinite(value):
-            reading = reading.as_bad(f"value is {value}")
-        out.append(reading)
-    return out
