@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from edgegw.config.issues import NOT_STARTED, ConfigIssue, summary_line
+
 
 class EdgeGwError(Exception):
     """Root of every error edgegw raises on purpose."""
 
 
 class ConfigError(EdgeGwError):
-    """The configuration is invalid; `issues` holds every problem found, already formatted."""
+    """The configuration is invalid; `issues` holds every problem found, in file order."""
 
-    def __init__(self, issues: list[str]) -> None:
-        self.issues = issues
-        super().__init__("\n".join(issues))
+    def __init__(self, issues: Sequence[ConfigIssue]) -> None:
+        self.issues = tuple(issues)
+        super().__init__("\n".join(self.lines()))
+
+    def lines(self, outcome: str = NOT_STARTED) -> list[str]:
+        """The report: one line per issue, then how many and `outcome` (what did not happen)."""
+        return [*map(str, self.issues), summary_line(len(self.issues), outcome)]
 
 
 class SourceError(EdgeGwError):

@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 LATENCY_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0,
 )  # fmt: skip
 """Seconds. Up to 1 s is a healthy line; minutes and hours are a backlog sent after an outage,
 which is worth seeing in the same histogram."""
+
+
+@dataclass(frozen=True, slots=True)
+class HistogramSnapshot:
+    """A histogram at one moment: (upper bound, observations <= it) per bucket, ending with
+    (inf, count); their sum and count."""
+
+    buckets: tuple[tuple[float, int], ...]
+    sum: float
+    count: int
 
 
 class Histogram:
@@ -33,3 +44,6 @@ class Histogram:
             running += count
             buckets.append((bound, running))
         return buckets
+
+    def snapshot(self) -> HistogramSnapshot:
+        return HistogramSnapshot(tuple(self.cumulative()), self.sum, self.count)

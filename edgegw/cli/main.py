@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from edgegw import __version__
+from edgegw.config.issues import NOT_STARTED
 from edgegw.errors import ConfigError, EdgeGwError
 from edgegw.service.statedir import StateDirError
 
@@ -309,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "quarantine":
             return _quarantine(args, config.outbox_path)
     except ConfigError as exc:
-        print("\n".join(_worded_for(args.command, exc.issues)), file=sys.stderr)
+        print("\n".join(exc.lines(_OUTCOME.get(args.command, NOT_STARTED))), file=sys.stderr)
         return EX_CONFIG
     except StateDirError as exc:
         print(f"edgegw {args.command}: {exc}", file=sys.stderr)
@@ -337,25 +338,18 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
 
 
 _NEEDS_CONFIG = {"run", "check", "status", "outbox", "quarantine"}
-_NOT_STARTED = "gateway not started."
-_INSTEAD = {
+_OUTCOME = {
     "check": "the config is not valid.",
     "status": "edgegw status needs a valid config to find the gateway.",
     "outbox": "edgegw outbox needs a valid config to find the outbox.",
     "quarantine": "edgegw quarantine needs a valid config to find the outbox.",
 }
-
-
-def _worded_for(command: str, issues: list[str]) -> list[str]:
-    """The summary line says what did not happen: only `run` starts a gateway."""
-    if not issues or command not in _INSTEAD or not issues[-1].endswith(_NOT_STARTED):
-        return issues
-    return [*issues[:-1], issues[-1][: -len(_NOT_STARTED)] + _INSTEAD[command]]
+"""What the summary line of a config error says did not happen: only `run` starts a gateway."""
 
 
 def _check_state_dir(path: str, config: Any) -> None:
     """`check` says what `run` would find: a state directory it cannot write."""
-    from edgegw.config.diagnostics import format_issue, with_summary
+    from edgegw.config.issues import ConfigIssue
     from edgegw.config.yamlpos import load_yaml_file
     from edgegw.service.statedir import check_problem
 
@@ -368,9 +362,9 @@ def _check_state_dir(path: str, config: Any) -> None:
         problem = check_problem(directory)
         if problem is not None:
             mark = load_yaml_file(path).value_marks.get(loc)
-            issues.append(format_issue(path, mark, name, problem))
+            issues.append(ConfigIssue(path, mark, name, problem))
     if issues:
-        raise ConfigError(with_summary(issues))
+        raise ConfigError(issues)
 
 
 def _check_broker_credentials(config: Any) -> None:

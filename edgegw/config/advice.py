@@ -12,10 +12,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from edgegw.config.diagnostics import format_issue, loc_to_path
+from edgegw.config.diagnostics import loc_to_path
+from edgegw.config.issues import ConfigIssue, Mark
 from edgegw.config.model import GatewayConfig
 from edgegw.config.types import format_duration
-from edgegw.config.yamlpos import Mark, YamlDocument, load_yaml_file
+from edgegw.config.yamlpos import YamlDocument, load_yaml_file
 from edgegw.pipeline.events.config import SequenceConfig
 from edgegw.sources.modbus.config import ModbusSourceConfig
 
@@ -34,7 +35,7 @@ class ConfigWarning:
 
     def __str__(self) -> str:
         mark = Mark(self.line, self.column or 1) if self.line is not None else None
-        return format_issue(self.file, mark, self.path, f"warning: {self.message}")
+        return str(ConfigIssue(self.file, mark, self.path, f"warning: {self.message}"))
 
 
 def config_warnings(path: str | os.PathLike[str], config: GatewayConfig) -> list[ConfigWarning]:

@@ -4,21 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgegw.config.diagnostics import did_you_mean, format_issue, loc_to_path
+from edgegw.config.diagnostics import did_you_mean, loc_to_path
+from edgegw.config.issues import ConfigIssue
 from edgegw.config.model import GatewayConfig
 from edgegw.config.yamlpos import YamlDocument
 
 Loc = tuple[str | int, ...]
 
 
-def reference_issues(doc: YamlDocument, config: GatewayConfig) -> list[str]:
+def reference_issues(doc: YamlDocument, config: GatewayConfig) -> list[ConfigIssue]:
     tags: dict[str, Any] = {
         f"{source.name}.{tag.name}": tag for source in config.data_sources() for tag in source.tags
     }
-    issues: list[str] = []
+    issues: list[ConfigIssue] = []
 
     def report(loc: Loc, message: str) -> None:
-        issues.append(format_issue(doc.path, doc.value_marks.get(loc), loc_to_path(loc), message))
+        issues.append(ConfigIssue(doc.path, doc.value_marks.get(loc), loc_to_path(loc), message))
 
     def unknown(ref: str) -> str:
         guess = did_you_mean(ref, tags)

@@ -34,10 +34,11 @@ from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 from pydantic_core.core_schema import ErrorType
 
+from edgegw.config.issues import ConfigIssue, Mark
 from edgegw.errors import ConfigError
 
-if TYPE_CHECKING:  # at runtime yamlpos imports this module, not the other way round
-    from edgegw.config.yamlpos import Mark, YamlDocument
+if TYPE_CHECKING:
+    from edgegw.config.yamlpos import YamlDocument
 
 M = TypeVar("M", bound=BaseModel)
 Loc = tuple[str | int, ...]
@@ -81,21 +82,6 @@ _BOUNDS = {
 }
 
 
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\u0085\u2028\u2029\ud800-\udfff]")
-
-
-def format_issue(path_file: str, mark: Mark | None, loc_path: str, message: str) -> str:
-    """`FILE:LINE:COL loc_path: message`; without a mark `FILE loc_path: message`.
-
-    With an empty loc_path (the top level, or the YAML text itself) the path is left out:
-    `FILE:LINE:COL: message`.
-    """
-    where = path_file if mark is None else f"{path_file}:{mark.line}:{mark.column}"
-    issue = f"{where} {loc_path}: {message}" if loc_path else f"{where}: {message}"
-    # One issue, one line: a value quoted back with a line break must not split it.
-    return _CONTROL.sub(lambda m: repr(m.group(0))[1:-1], issue)
-
-
 def loc_to_path(loc: tuple[str | int, ...]) -> str:
     """`('sources', 0, 'tags', 3, 'name')` -> `sources[0].tags[3].name`."""
     text = ""
@@ -105,16 +91,6 @@ def loc_to_path(loc: tuple[str | int, ...]) -> str:
         else:
             text += f".{part}" if text else part
     return text
-
-
-def summary_line(count: int) -> str:
-    """The last line of every error report."""
-    return f"{count} error{'' if count == 1 else 's'}; gateway not started."
-
-
-def with_summary(issues: list[str]) -> list[str]:
-    """The issues followed by the summary line that counts them."""
-    return [*issues, summary_line(len(issues))]
 
 
 def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
@@ -141,14 +117,8 @@ def validate_document(model: type[M], doc: YamlDocument) -> M:
         errors = exc.errors(include_url=False)
     findings = _merge_type_errors([_explain(model, doc, error) for error in errors])
     findings.sort(key=lambda f: (0, 0) if f.mark is None else (f.mark.line, f.mark.column))
-    issues: list[str] = []
-    seen: set[str] = set()
-    for finding in findings:
-        issue = format_issue(doc.path, finding.mark, finding.path, finding.message)
-        if issue not in seen:
-            seen.add(issue)
-            issues.append(issue)
-    raise ConfigError(with_summary(issues)) from None
+    issues = [ConfigIssue(doc.path, f.mark, f.path, f.message) for f in findings]
+    raise ConfigError(list(dict.fromkeys(issues))) from None
 
 
 # --- one pydantic error -> one finding ---------------------------------------------------

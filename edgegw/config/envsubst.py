@@ -18,7 +18,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from edgegw.config.diagnostics import format_issue, loc_to_path
+from edgegw.config.diagnostics import loc_to_path
+from edgegw.config.issues import ConfigIssue
 from edgegw.config.yamlpos import Path, YamlDocument
 
 MAX_TEXT = 20_000_000
@@ -27,9 +28,9 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _BARE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-def expand_env(doc: YamlDocument, environ: Mapping[str, str]) -> list[str]:
+def expand_env(doc: YamlDocument, environ: Mapping[str, str]) -> list[ConfigIssue]:
     """Replace every reference in the document's string values in place; the problems found."""
-    issues: list[str] = []
+    issues: list[ConfigIssue] = []
     budget = [MAX_TEXT]  # characters of text the whole document may hold once expanded
 
     def walk(node: Any, path: Path) -> Any:
@@ -38,7 +39,7 @@ def expand_env(doc: YamlDocument, environ: Mapping[str, str]) -> list[str]:
                 if isinstance(key, str) and _SURROGATE.search(key):
                     mark = doc.key_marks.get((*path, key))
                     issues.append(
-                        format_issue(
+                        ConfigIssue(
                             doc.path,
                             mark,
                             loc_to_path(path),
@@ -59,7 +60,7 @@ def expand_env(doc: YamlDocument, environ: Mapping[str, str]) -> list[str]:
                 # Aliases can copy one long string thousands of times: stop before memory goes.
                 if budget[0] + len(node) >= 0:
                     issues.append(
-                        format_issue(
+                        ConfigIssue(
                             doc.path,
                             doc.value_marks.get(path),
                             loc_to_path(path),
@@ -75,7 +76,7 @@ def expand_env(doc: YamlDocument, environ: Mapping[str, str]) -> list[str]:
                 problems.append("contains a character that is not valid Unicode text")
                 text = _SURROGATE.sub("\ufffd", text)
             mark = doc.value_marks.get(path)
-            issues.extend(format_issue(doc.path, mark, loc_to_path(path), p) for p in problems)
+            issues.extend(ConfigIssue(doc.path, mark, loc_to_path(path), p) for p in problems)
             return text
         return node
 

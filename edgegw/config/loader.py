@@ -6,13 +6,13 @@ Every problem is collected and reported at once as `FILE:LINE:COL path: message`
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from typing import Any
 
 from edgegw.config.crossrefs import reference_issues
-from edgegw.config.diagnostics import format_issue, loc_to_path, validate_document, with_summary
+from edgegw.config.diagnostics import loc_to_path, validate_document
 from edgegw.config.envsubst import expand_env
+from edgegw.config.issues import ConfigIssue
 from edgegw.config.model import GatewayConfig
 from edgegw.config.yamlpos import YamlDocument, load_yaml_file
 from edgegw.errors import ConfigError
@@ -27,7 +27,7 @@ def load_config(
     doc = load_yaml_file(path)
     env_issues = expand_env(doc, os.environ if environ is None else environ)
     if env_issues:
-        raise ConfigError(with_summary(env_issues))
+        raise ConfigError(env_issues)
     duplicates = _duplicate_names(doc)
     try:
         config = validate_document(GatewayConfig, doc)
@@ -35,31 +35,18 @@ def load_config(
         if not duplicates:
             raise
         # Merge with the model's findings, keeping one summary line at the end.
-        issues = [line for line in exc.issues if not _is_summary(line)] + duplicates
-        issues.sort(key=lambda issue: _position(doc.path, issue))
-        raise ConfigError(with_summary(issues)) from None
+        issues = sorted([*exc.issues, *duplicates], key=lambda issue: issue.position)
+        raise ConfigError(issues) from None
     problems = duplicates + reference_issues(doc, config)
     if problems:
-        problems.sort(key=lambda issue: _position(doc.path, issue))
-        raise ConfigError(with_summary(problems))
+        problems.sort(key=lambda issue: issue.position)
+        raise ConfigError(problems)
     return config
 
 
-def _is_summary(line: str) -> bool:
-    return line.endswith("gateway not started.")
-
-
-_LINE_COL = re.compile(r"^:(\d+):(\d+)")
-
-
-def _position(path: str, issue: str) -> tuple[int, int]:
-    match = _LINE_COL.match(issue[len(path) :]) if issue.startswith(path) else None
-    return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
-
-
-def _duplicate_names(doc: YamlDocument) -> list[str]:
+def _duplicate_names(doc: YamlDocument) -> list[ConfigIssue]:
     """Source names must be unique in the file, tag names unique in their source."""
-    issues: list[str] = []
+    issues: list[ConfigIssue] = []
     data: Any = doc.data
     sources = data.get("sources") if isinstance(data, dict) else None
     if not isinstance(sources, list):
@@ -78,13 +65,13 @@ def _duplicate_names(doc: YamlDocument) -> list[str]:
     return issues
 
 
-def _device_name_clashes(doc: YamlDocument, sources: list[Any]) -> list[str]:
+def _device_name_clashes(doc: YamlDocument, sources: list[Any]) -> list[ConfigIssue]:
     """A device's name is the `source` of its telemetry: unique among sources and devices."""
     taken: dict[str, Loc] = {}
     for index, source in enumerate(sources):
         if isinstance(source, dict) and isinstance(source.get("name"), str):
             taken.setdefault(source["name"], ("sources", index, "name"))
-    issues: list[str] = []
+    issues: list[ConfigIssue] = []
     for index, source in enumerate(sources):
         devices = source.get("devices") if isinstance(source, dict) else None
         if not isinstance(devices, list):
@@ -105,7 +92,7 @@ def _device_name_clashes(doc: YamlDocument, sources: list[Any]) -> list[str]:
             mark = doc.value_marks.get(first)
             where = f" (line {mark.line})" if mark else ""
             issues.append(
-                format_issue(
+                ConfigIssue(
                     doc.path,
                     doc.value_marks.get(loc),
                     loc_to_path(loc),
@@ -116,8 +103,10 @@ def _device_name_clashes(doc: YamlDocument, sources: list[Any]) -> list[str]:
     return issues
 
 
-def _duplicates_in(doc: YamlDocument, entries: list[Any], base: Loc, what: str) -> list[str]:
-    issues: list[str] = []
+def _duplicates_in(
+    doc: YamlDocument, entries: list[Any], base: Loc, what: str
+) -> list[ConfigIssue]:
+    issues: list[ConfigIssue] = []
     first_seen: dict[str, int] = {}
     for index, entry in enumerate(entries):
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
@@ -130,7 +119,7 @@ def _duplicates_in(doc: YamlDocument, entries: list[Any], base: Loc, what: str) 
             where = f" (first at line {first_mark.line})" if first_mark else ""
             message = f"duplicate {what} name '{name}'{where}; {what} names must be unique"
             issues.append(
-                format_issue(doc.path, doc.value_marks.get(loc), loc_to_path(loc), message)
+                ConfigIssue(doc.path, doc.value_marks.get(loc), loc_to_path(loc), message)
             )
         else:
             first_seen[name] = index

@@ -38,7 +38,7 @@ import yaml
 from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from edgegw.config.diagnostics import format_issue, with_summary
+from edgegw.config.issues import ConfigIssue, Mark
 from edgegw.errors import ConfigError
 
 Path = tuple[str | int, ...]
@@ -69,14 +69,6 @@ _TOKEN_WORDS = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Mark:
-    """A position in the file; both numbers are counted from 1."""
-
-    line: int
-    column: int
-
-
 @dataclass(slots=True)
 class YamlDocument:
     """One loaded YAML file: the plain data and where each piece of it was written."""
@@ -99,14 +91,16 @@ def load_yaml_file(path: str | os.PathLike[str]) -> YamlDocument:
             raw = handle.read()
     except OSError as exc:
         reason = exc.strerror or str(exc)
-        raise ConfigError(with_summary([f"{name}: cannot read the file: {reason}"])) from None
+        raise ConfigError(
+            [ConfigIssue(name, None, "", f"cannot read the file: {reason}")]
+        ) from None
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         bad = raw[exc.start : exc.start + 1].hex()
         message = f"the file is not UTF-8 text (byte 0x{bad} on line {line})"
-        raise ConfigError(with_summary([format_issue(name, None, "", message)])) from None
+        raise ConfigError([ConfigIssue(name, None, "", message)]) from None
     return load_yaml_text(text, name)
 
 
@@ -123,15 +117,14 @@ def load_yaml_text(text: str, path: str = "<string>") -> YamlDocument:
         # PyYAML and the builder recurse per level: hundreds of nested levels exhaust the
         # stack. No real config nests more than a dozen.
         message = "the file nests lists or mappings too deeply to be a configuration"
-        issue = format_issue(path, Mark(1, 1), "", message)
-        raise ConfigError(with_summary([issue])) from None
+        issue = ConfigIssue(path, Mark(1, 1), "", message)
+        raise ConfigError([issue]) from None
     if root is None or (
         isinstance(root, ScalarNode) and root.tag == _TAG + "null" and root.value == ""
     ):
-        raise ConfigError(with_summary([format_issue(path, None, "", "file is empty")]))
+        raise ConfigError([ConfigIssue(path, None, "", "file is empty")])
     if builder.problems:
-        builder.problems.sort(key=lambda problem: (problem[0].line, problem[0].column))
-        raise ConfigError(with_summary([issue for _, issue in builder.problems]))
+        raise ConfigError(sorted(builder.problems, key=lambda issue: issue.position))
     return YamlDocument(path, data, builder.value_marks, builder.key_marks)
 
 
@@ -139,7 +132,7 @@ def _compose_single(text: str, path: str) -> Node | None:
     try:
         loader = yaml.SafeLoader(text)  # the reader refuses control characters right here
     except yaml.reader.ReaderError as exc:
-        raise ConfigError(with_summary([_reader_issue(path, text, exc)])) from None
+        raise ConfigError([_reader_issue(path, text, exc)]) from None
     try:
         return loader.get_single_node()
     except yaml.MarkedYAMLError as exc:
@@ -148,12 +141,12 @@ def _compose_single(text: str, path: str) -> Node | None:
                 "a second YAML document starts here; a config file holds exactly one "
                 "(remove this '---' and what follows, or merge it into the first)"
             )
-            issue = format_issue(path, _mark(exc.problem_mark), "", message)
+            issue = ConfigIssue(path, _mark(exc.problem_mark), "", message)
         else:
             issue = _syntax_issue(path, exc, text)
-        raise ConfigError(with_summary([issue])) from None
+        raise ConfigError([issue]) from None
     except yaml.reader.ReaderError as exc:
-        raise ConfigError(with_summary([_reader_issue(path, text, exc)])) from None
+        raise ConfigError([_reader_issue(path, text, exc)]) from None
     finally:
         loader.dispose()
 
@@ -196,11 +189,11 @@ def _plain(text: str) -> str:
     return text.replace(" a indented", " an indented")
 
 
-def _syntax_issue(path: str, exc: yaml.MarkedYAMLError, text: str = "") -> str:
+def _syntax_issue(path: str, exc: yaml.MarkedYAMLError, text: str = "") -> ConfigIssue:
     """One line for a PyYAML parse error: where, what, and what it was in the middle of."""
     words = _in_plain_words(exc, _lines(text))
     if words is not None:
-        return format_issue(path, words[0], "", words[1])
+        return ConfigIssue(path, words[0], "", words[1])
     problem = exc.problem or "invalid YAML"
     mark = exc.problem_mark or exc.context_mark
     undefined = re.fullmatch(r"found undefined alias '(.*)'", problem)
@@ -226,7 +219,7 @@ def _syntax_issue(path: str, exc: yaml.MarkedYAMLError, text: str = "") -> str:
             else:
                 closing = "]" if "sequence" in exc.context else "}"
                 message += f"; is a closing '{closing}' missing?"
-    return format_issue(path, None if mark is None else _mark(mark), "", message)
+    return ConfigIssue(path, None if mark is None else _mark(mark), "", message)
 
 
 # --- the common YAML mistakes, in the words of someone editing a config file -------------
@@ -409,13 +402,13 @@ def _misindented(
     )
 
 
-def _reader_issue(path: str, text: str, exc: yaml.reader.ReaderError) -> str:
+def _reader_issue(path: str, text: str, exc: yaml.reader.ReaderError) -> ConfigIssue:
     before = text[: exc.position]
     line = before.count("\n") + 1
     column = exc.position - (before.rfind("\n") + 1) + 1
     character = exc.character if isinstance(exc.character, str) else chr(exc.character)
     message = f"the character {character!r} is not allowed in a YAML file"
-    return format_issue(path, Mark(line, column), "", message)
+    return ConfigIssue(path, Mark(line, column), "", message)
 
 
 class _Builder:
@@ -425,7 +418,7 @@ class _Builder:
         self.path = path
         self.value_marks: dict[Path, Mark] = {}
         self.key_marks: dict[Path, Mark] = {}
-        self.problems: list[tuple[Mark, str]] = []
+        self.problems: list[ConfigIssue] = []
         self._reported: set[tuple[Mark, str]] = set()  # a node reached twice via aliases
         self._constructor = SafeConstructor()
         self._active: set[int] = set()  # ids of the collections being built: alias loops
@@ -438,7 +431,7 @@ class _Builder:
         if (mark, message) in self._reported:
             return
         self._reported.add((mark, message))
-        self.problems.append((mark, format_issue(self.path, mark, self._render(path), message)))
+        self.problems.append(ConfigIssue(self.path, mark, self._render(path), message))
 
     def _render(self, path: Path) -> str:
         """`sources[0].tags`: list items as indices, mapping keys (integers too) dotted."""

@@ -238,6 +238,18 @@ class OutboxStats:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class OutboxHealth:
+    """The outbox at one moment, as /metrics, /healthz and `edgegw status` show it."""
+
+    depth: int
+    oldest_created: float | None  # wall clock when the oldest waiting row was received
+    dropped: int  # by retention, announced by gap messages
+    duplicates: int  # refused: their id was committed before
+    conflicts: int  # business events detected again with other data
+    recovered_from_corruption: bool
+
+
 class Outbox:
     """One SQLite file in WAL mode, written by one connection whose calls are serialised."""
 
@@ -798,6 +810,20 @@ class Outbox:
             await self.db.rollback()
         except sqlite3.DatabaseError:
             log.exception("outbox rollback failed path=%s", self.path)
+
+    async def health(self) -> OutboxHealth:
+        try:
+            oldest = await self.oldest_created()
+        except OutboxError:  # closed at shutdown, or failing: the alarm says why
+            oldest = None
+        return OutboxHealth(
+            depth=self.depth,
+            oldest_created=oldest,
+            dropped=self.dropped,
+            duplicates=self.duplicates,
+            conflicts=self.conflicts,
+            recovered_from_corruption=self.corrupt_moved_to is not None,
+        )
 
     async def oldest_created(self) -> float | None:
         """When the oldest waiting row was received (None when empty): one index step."""

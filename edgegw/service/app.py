@@ -8,6 +8,7 @@ import logging
 import signal
 import time
 
+from edgegw import __version__
 from edgegw.config.model import GatewayConfig
 from edgegw.config.types import read_secret
 from edgegw.errors import ConfigError, EdgeGwError, OutboxError
@@ -16,6 +17,7 @@ from edgegw.outbox.store import NORMAL_SYNC_INTERVAL, Outbox, PendingEvent
 from edgegw.pipeline.events.schemas import announcements
 from edgegw.pipeline.intake import IntakeQueue
 from edgegw.pipeline.process import Pipeline
+from edgegw.service.health import GatewayHealth
 from edgegw.service.metrics import serve, start_http
 from edgegw.service.reload import ConfigChanges, diff_configs, file_sha256
 from edgegw.service.sdnotify import Notifier
@@ -123,7 +125,7 @@ class Gateway:
         http_server: asyncio.Server | None = None
         try:
             if http is not None:
-                http_server = await start_http(self, http.host, http.port)
+                http_server = await start_http(self.health, http.host, http.port)
                 self.metrics_port = http_server.sockets[0].getsockname()[1]
                 host = "127.0.0.1" if http.host in ("0.0.0.0", "::", "") else http.host
                 state_lock.note_endpoint(f"http://{host}:{self.metrics_port}")
@@ -224,10 +226,9 @@ class Gateway:
             try:
                 new = await asyncio.to_thread(load_config_isolated, path)
             except ConfigError as exc:
-                issues = [line for line in exc.issues if not line.endswith("not started.")]
-                for issue in issues:
+                for issue in exc.issues:
                     log.error("config reload: %s", issue)
-                return self._refused(path, digest, f"{len(issues)} problem(s) in the file")
+                return self._refused(path, digest, f"{len(exc.issues)} problem(s) in the file")
             except EdgeGwError as exc:
                 return self._refused(path, digest, str(exc))
             changes = diff_configs(self.config, new)
@@ -382,6 +383,24 @@ class Gateway:
                     time.monotonic() - blocked_since,
                 )
             return
+
+    async def health(self) -> GatewayHealth:
+        """The gateway's state now, from each component's snapshot (see service/health.py)."""
+        now = time.monotonic()
+        return GatewayHealth(
+            gateway=self.config.gateway.id,
+            version=__version__,
+            uptime=now - self.started_at,
+            wall_time=time.time(),
+            committed=self.committed,
+            quarantined=self.pipeline.quarantined,
+            alarm=self.outbox_alarm,
+            reloads=dict(self.reloads),
+            rates=dict(self.rates),
+            outbox=await self.outbox.health(),
+            sinks=(self.forwarder.health(),),
+            sources=tuple(source.health(now) for source in self.sources),
+        )
 
     def status_line(self) -> str:
         """One line for systemd's STATUS= (shown by `systemctl status edgegw`)."""

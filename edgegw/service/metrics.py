@@ -11,18 +11,13 @@ import contextlib
 import errno
 import logging
 import os
-import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import orjson
 
-from edgegw import __version__
-from edgegw.errors import EdgeGwError, OutboxError
-
-if TYPE_CHECKING:
-    from edgegw.service.app import Gateway
-    from edgegw.sources.base import Source
-    from edgegw.sources.modbus.line import DeviceStatus
+from edgegw.errors import EdgeGwError
+from edgegw.service.health import GatewayHealth
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +60,8 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def render_metrics(gateway: Gateway, oldest_created: float | None) -> str:
-    """The Prometheus text exposition of every family in FAMILIES; `oldest_created` is the
-    receive time of the oldest row waiting in the outbox (read by the caller, asynchronously)."""
+def render_metrics(health: GatewayHealth) -> str:
+    """The Prometheus text exposition of every family in FAMILIES."""
     lines: list[str] = []
 
     def metric(name: str, help_text: str, samples: list[tuple[str, float]]) -> None:
@@ -78,29 +72,29 @@ def render_metrics(gateway: Gateway, oldest_created: float | None) -> str:
     def one(name: str, help_text: str, value: float) -> None:
         metric(name, help_text, [("", value)])
 
-    outbox = gateway.outbox
-    forwarder = gateway.forwarder
-    wall = time.time()
-    now = time.monotonic()
-    info = f'{{version="{_escape(__version__)}",gateway="{_escape(gateway.config.gateway.id)}"}}'
+    outbox = health.outbox
+    sinks = health.sinks
+    info = f'{{version="{_escape(health.version)}",gateway="{_escape(health.gateway)}"}}'
     metric("edgegw_info", "Version and gateway id (always 1).", [(info, 1)])
-    one("edgegw_uptime_seconds", "Seconds since the gateway started.", now - gateway.started_at)
+    one("edgegw_uptime_seconds", "Seconds since the gateway started.", health.uptime)
     one("edgegw_outbox_depth", "Events waiting for the broker.", outbox.depth)
     one(
         "edgegw_outbox_oldest_age_seconds",
         "Age of the oldest event waiting for the broker (0 when none waits).",
-        0.0 if oldest_created is None else max(0.0, wall - oldest_created),
+        0.0
+        if outbox.oldest_created is None
+        else max(0.0, health.wall_time - outbox.oldest_created),
     )
-    one("edgegw_committed_total", "Events committed to the outbox.", gateway.committed)
+    one("edgegw_committed_total", "Events committed to the outbox.", health.committed)
     one(
         "edgegw_published_total",
         "Events acknowledged by the broker and deleted.",
-        forwarder.status.published,
+        sum(sink.published for sink in sinks),
     )
     one(
         "edgegw_publish_refused_total",
         "Publishes the broker refused (PUBACK >= 0x80); they stay in the outbox.",
-        forwarder.status.refused,
+        sum(sink.refused for sink in sinks),
     )
     one(
         "edgegw_outbox_dropped_total",
@@ -121,9 +115,9 @@ def render_metrics(gateway: Gateway, oldest_created: float | None) -> str:
     one(
         "edgegw_intake_waits_total",
         "Times intake waited for the forwarder: reading outpaced sending (CPU overload).",
-        forwarder.intake_waits,
+        sum(sink.intake_waits for sink in sinks),
     )
-    alarm = gateway.outbox_alarm
+    alarm = health.alarm
     metric(
         "edgegw_outbox_alarm",
         "1 while the outbox takes no data (disk full, I/O error): intake is stopped.",
@@ -132,28 +126,29 @@ def render_metrics(gateway: Gateway, oldest_created: float | None) -> str:
     one(
         "edgegw_outbox_recovered_from_corruption",
         "1 if the outbox was found damaged at start and moved aside.",
-        1 if outbox.corrupt_moved_to else 0,
+        1 if outbox.recovered_from_corruption else 0,
     )
     one(
         "edgegw_quarantined_total",
         "Values and events held back by a contract.",
-        gateway.pipeline.quarantined,
+        health.quarantined,
     )
-    one("edgegw_broker_up", "1 while connected to the broker.", forwarder.status.broker_up)
+    one("edgegw_broker_up", "1 while connected to the broker.", all(s.up for s in sinks))
     one(
         "edgegw_broker_connects_total",
         "Successful connections to the broker (more than 1: reconnects).",
-        forwarder.status.connects,
+        sum(sink.connects for sink in sinks),
     )
-    histogram = forwarder.latency
     name = "edgegw_e2e_latency_seconds"
     lines.append(f"# HELP {name} Source timestamp to broker acknowledgement, per value.")
     lines.append(f"# TYPE {name} histogram")
-    for bound, count in histogram.cumulative():
-        le = "+Inf" if bound == float("inf") else f"{bound:g}"
-        lines.append(f'{name}_bucket{{le="{le}"}} {count}')
-    lines.append(f"{name}_sum {histogram.sum:g}")
-    lines.append(f"{name}_count {histogram.count}")
+    for sink in sinks[:1]:  # one sink today; per-sink families come with several sinks
+        histogram = sink.latency
+        for bound, count in histogram.buckets:
+            le = "+Inf" if bound == float("inf") else f"{bound:g}"
+            lines.append(f'{name}_bucket{{le="{le}"}} {count}')
+        lines.append(f"{name}_sum {histogram.sum:g}")
+        lines.append(f"{name}_count {histogram.count}")
 
     per_source: dict[str, list[tuple[str, float]]] = {
         family: []
@@ -167,17 +162,16 @@ def render_metrics(gateway: Gateway, oldest_created: float | None) -> str:
             "edgegw_tags_bad",
         )
     }
-    for source in gateway.sources:
+    for source in health.sources:
         label = f'{{source="{_escape(source.name)}"}}'
-        status = source.status
         for family, value in (
-            ("edgegw_source_up", 1 if status.connected else 0),
-            ("edgegw_reads_total", status.reads),
-            ("edgegw_read_errors_total", status.errors),
-            ("edgegw_source_availability_ratio", status.availability(now)),
-            ("edgegw_source_outages_total", status.outages),
-            ("edgegw_mttr_seconds", status.mttr()),
-            ("edgegw_tags_bad", len(status.bad_tags)),
+            ("edgegw_source_up", 1 if source.up else 0),
+            ("edgegw_reads_total", source.reads),
+            ("edgegw_read_errors_total", source.errors),
+            ("edgegw_source_availability_ratio", source.availability),
+            ("edgegw_source_outages_total", source.outages),
+            ("edgegw_mttr_seconds", source.mttr),
+            ("edgegw_tags_bad", len(source.bad_tags)),
         ):
             if value is not None:
                 per_source[family].append((label, value))
@@ -201,15 +195,15 @@ def render_metrics(gateway: Gateway, oldest_created: float | None) -> str:
         "edgegw_device_response_seconds": [],
         "edgegw_device_breaker_open": [],
     }
-    for source in gateway.sources:
-        for device in device_statuses(source):
+    for source in health.sources:
+        for device in source.devices:
             label = f'source="{_escape(source.name)}",device="{_escape(device.name)}"'
             devices["edgegw_device_reads_total"].append((f"{{{label}}}", device.reads))
             devices["edgegw_device_response_seconds"].append((f"{{{label}}}", device.last_response))
             devices["edgegw_device_breaker_open"].append(
                 (f"{{{label}}}", 1 if device.breaker_open else 0)
             )
-            for kind, count in sorted(device.errors.items()):
+            for kind, count in device.errors:
                 devices["edgegw_device_errors_total"].append((f'{{{label},kind="{kind}"}}', count))
     device_help = {
         "edgegw_device_reads_total": "Answered requests per device of a Modbus line.",
@@ -221,7 +215,7 @@ def render_metrics(gateway: Gateway, oldest_created: float | None) -> str:
     }
     for family, samples in devices.items():
         metric(family, device_help[family], samples)
-    reloads = gateway.reloads
+    reloads = health.reloads
     metric(
         "edgegw_config_reloads_total",
         "Config reloads on SIGHUP, by result.",
@@ -230,84 +224,63 @@ def render_metrics(gateway: Gateway, oldest_created: float | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def snapshot(gateway: Gateway, oldest_created: float | None) -> dict[str, Any]:
+def health_document(health: GatewayHealth) -> dict[str, Any]:
     """The gateway's state as /healthz serves it and `edgegw status` prints it."""
-    now = time.monotonic()
-    forwarder = gateway.forwarder.status
-    failing = [
-        f"source {s.name}: {s.status.last_error or 'not connected'}"
-        for s in gateway.sources
-        if not s.status.connected
-    ]
-    failing.extend(
-        f"source {s.name}: {len(s.status.bad_tags)} tag(s) cannot be read: "
-        + "; ".join(f"{tag} ({why})" for tag, why in sorted(s.status.bad_tags.items())[:5])
-        + ("; ..." if len(s.status.bad_tags) > 5 else "")
-        for s in gateway.sources
-        if s.status.connected and s.status.bad_tags
-    )
-    for source in gateway.sources:
-        failing.extend(
-            f"device {d.name} ({source.name} unit {d.unit}): {d.last_error}"
-            for d in device_statuses(source)
-            if d.breaker_open
-        )
-    if not forwarder.broker_up:
-        failing.append(f"broker: {forwarder.last_error or 'not connected'}")
-    if gateway.outbox_alarm:
-        failing.append(f"outbox: {gateway.outbox_alarm}")
-    rates = gateway.rates
+    failing = health.failing()
+    rates = health.rates
+    outbox = health.outbox
+    sink = health.sinks[0]
     return {
         "status": "ok" if not failing else "failing",
         "failing": failing,
-        "gateway": gateway.config.gateway.id,
-        "version": __version__,
-        "uptime_seconds": round(now - gateway.started_at, 1),
+        "gateway": health.gateway,
+        "version": health.version,
+        "uptime_seconds": round(health.uptime, 1),
         "broker": {
-            "up": forwarder.broker_up,
-            "address": gateway.forwarder.settings.address,
-            "connects": forwarder.connects,
-            "last_error": forwarder.last_error,
-            "published": forwarder.published,
+            "up": sink.up,
+            "address": sink.address,
+            "connects": sink.connects,
+            "last_error": sink.last_error,
+            "published": sink.published,
             "published_per_second": rates.get("published", 0.0),
         },
         "outbox": {
-            "depth": gateway.outbox.depth,
+            "depth": outbox.depth,
             "oldest_age_seconds": None
-            if oldest_created is None
-            else round(max(0.0, time.time() - oldest_created), 1),
-            "committed": gateway.committed,
+            if outbox.oldest_created is None
+            else round(max(0.0, health.wall_time - outbox.oldest_created), 1),
+            "committed": health.committed,
             "committed_per_second": rates.get("committed", 0.0),
-            "dropped": gateway.outbox.dropped,
-            "quarantined": gateway.pipeline.quarantined,
-            "alarm": gateway.outbox_alarm,
+            "dropped": outbox.dropped,
+            "quarantined": health.quarantined,
+            "alarm": health.alarm,
         },
         "sources": {
             s.name: {
-                "up": s.status.connected,
-                "reads": s.status.reads,
-                "errors": s.status.errors,
+                "up": s.up,
+                "reads": s.reads,
+                "errors": s.errors,
                 "reads_per_second": rates.get(f"reads:{s.name}", 0.0),
                 "errors_per_second": rates.get(f"errors:{s.name}", 0.0),
-                "availability": round(s.status.availability(now), 4),
-                "outages": s.status.outages,
-                "mttr_seconds": _rounded(s.status.mttr()),
-                "down_for_seconds": round(s.status.down_for(now), 1),
-                "last_error": s.status.last_error,
-                "bad_tags": dict(sorted(s.status.bad_tags.items())),
+                "availability": round(s.availability, 4),
+                "outages": s.outages,
+                "mttr_seconds": _rounded(s.mttr),
+                "down_for_seconds": round(s.down_for, 1),
+                "last_error": s.last_error,
+                "bad_tags": dict(s.bad_tags),
                 "devices": {
                     d.name: {
                         "unit": d.unit,
                         "reads": d.reads,
-                        "errors": d.errors,
+                        "errors": dict(d.errors),
                         "response_seconds": round(d.last_response, 4),
                         "breaker_open": d.breaker_open,
                         "last_error": d.last_error,
                     }
-                    for d in device_statuses(s)
+                    for d in s.devices
                 },
             }
-            for s in gateway.sources
+            for s in health.sources
         },
     }
 
@@ -316,24 +289,14 @@ def _rounded(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds, 1)
 
 
-def device_statuses(source: Source) -> list[DeviceStatus]:
-    """The unit ids of a Modbus line; none for other sources."""
-    statuses: list[DeviceStatus] = getattr(source, "device_statuses", [])
-    return statuses
+ReadHealth = Callable[[], Awaitable[GatewayHealth]]
 
 
-async def _oldest_created(gateway: Gateway) -> float | None:
-    try:
-        return await gateway.outbox.oldest_created()
-    except OutboxError:  # closed at shutdown, or failing: the alarm says why
-        return None
-
-
-async def start_http(gateway: Gateway, host: str, port: int) -> asyncio.Server:
+async def start_http(read_health: ReadHealth, host: str, port: int) -> asyncio.Server:
     """Bind /metrics and /healthz, or say plainly why not (before any task group turns the
     OSError into a 39-line ExceptionGroup)."""
     try:
-        return await asyncio.start_server(lambda r, w: _handle(gateway, r, w), host, port)
+        return await asyncio.start_server(lambda r, w: _handle(read_health, r, w), host, port)
     except OSError as exc:
         # asyncio's text repeats the address; the errno's own words are enough.
         why = os.strerror(exc.errno) if exc.errno else str(exc)
@@ -353,7 +316,7 @@ async def serve(server: asyncio.Server) -> None:
 
 
 async def _handle(
-    gateway: Gateway, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    read_health: ReadHealth, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> None:
     try:
         request = await asyncio.wait_for(reader.readline(), 5.0)
@@ -362,11 +325,10 @@ async def _handle(
         if parts and parts[0] != "GET":
             status, body, kind = 405, b"GET only\n", "text/plain"
         elif path == "/metrics":
-            oldest = await _oldest_created(gateway)
-            status, body = 200, render_metrics(gateway, oldest).encode()
+            status, body = 200, render_metrics(await read_health()).encode()
             kind = "text/plain; version=0.0.4"
         elif path == "/healthz":
-            state = snapshot(gateway, await _oldest_created(gateway))
+            state = health_document(await read_health())
             status = 200 if state["status"] == "ok" else 503
             body = orjson.dumps(state)
             kind = "application/json"

@@ -16,6 +16,7 @@ from edgegw.backoff import Backoff
 from edgegw.errors import OutboxError, SinkError
 from edgegw.histogram import Histogram
 from edgegw.outbox.store import Outbox, StoredEvent
+from edgegw.sinks.base import SinkHealth
 from edgegw.sinks.mqtt.client import MqttClient
 from edgegw.sinks.mqtt.reasons import reason_text
 from edgegw.sinks.mqtt.settings import MqttSettings
@@ -126,6 +127,20 @@ class Forwarder:
         self.announcements = list(announcements)
         self.batch = batch
         self._reconnect.set()
+
+    def health(self) -> SinkHealth:
+        status = self.status
+        return SinkHealth(
+            name="mqtt",
+            address=self.settings.address,
+            up=status.broker_up,
+            connects=status.connects,
+            last_error=status.last_error,
+            published=status.published,
+            refused=status.refused,
+            intake_waits=self.intake_waits,
+            latency=self.latency.snapshot(),
+        )
 
     def intake_lead(self) -> int:
         """Rows committed since the connect minus rows sent on it; 0 while the broker is down."""

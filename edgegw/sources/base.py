@@ -4,12 +4,43 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from edgegw.reading import Reading
 
 log = logging.getLogger("edgegw.sources")
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceHealth:
+    """One device (unit id) of a Modbus line at one moment."""
+
+    name: str
+    unit: int
+    reads: int
+    errors: tuple[tuple[str, int], ...]  # (kind, count), by kind: timeout, crc, exception…
+    last_response: float  # seconds, last answered request
+    breaker_open: bool
+    last_error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SourceHealth:
+    """A source at one moment, as /metrics, /healthz and `edgegw status` show it."""
+
+    name: str
+    up: bool
+    reads: int
+    errors: int
+    availability: float
+    outages: int
+    mttr: float | None  # seconds; None until an outage has ended
+    down_for: float  # seconds the current outage has lasted; 0 while up
+    last_error: str | None
+    bad_tags: tuple[tuple[str, str], ...]  # (tag, why), sorted by tag
+    devices: tuple[DeviceHealth, ...] = ()
 
 
 class SourceStatus:
@@ -147,6 +178,21 @@ class SourceStatus:
             return 0.0
         return (time.monotonic() if now is None else now) - self._outage_since
 
+    def snapshot(self, now: float, devices: Sequence[DeviceHealth] = ()) -> SourceHealth:
+        return SourceHealth(
+            name=self.name,
+            up=self._connected,
+            reads=self.reads,
+            errors=self.errors,
+            availability=self.availability(now),
+            outages=self.outages,
+            mttr=self.mttr(),
+            down_for=self.down_for(now),
+            last_error=self.last_error,
+            bad_tags=tuple(sorted(self.bad_tags.items())),
+            devices=tuple(devices),
+        )
+
 
 class Source(Protocol):
     """A connector to one PLC.
@@ -161,3 +207,7 @@ class Source(Protocol):
     status: SourceStatus
 
     def batches(self) -> AsyncIterator[list[Reading]]: ...
+
+    def health(self, now: float) -> SourceHealth:
+        """The source's state at monotonic time `now` (for metrics, health and status)."""
+        ...

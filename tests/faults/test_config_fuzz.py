@@ -3,7 +3,7 @@
 The contract, for ANY file content and any `environ` mapping:
 
 - the result is a `GatewayConfig`, or the exception is `ConfigError`;
-- `ConfigError.issues` is a non-empty list of strings: the last one is the summary
+- `ConfigError.lines()` is a non-empty list of strings: the last one is the summary
   `N error(s); gateway not started.` with N the number of the other lines; each other line is
   one line of text that starts with the file name as given, followed by a position
   (`:LINE:COL`, LINE within the file), a path, or both; only a whole-file problem (empty,
@@ -369,7 +369,7 @@ def check_contract(
     try:
         result = load_config(name, environ={} if environ is None else environ)
     except ConfigError as exc:
-        check_issues(exc.issues, name, _line_count(raw))
+        check_issues(exc.lines(), name, _line_count(raw))
         LEDGER.errors += 1
         return exc
     except Exception as exc:  # the contract: nothing but ConfigError
@@ -1126,7 +1126,7 @@ def test_events_and_sequences_over_real_tags(
     result = check_contract(workdir, text, strategy="events over real tags")
     if isinstance(result, ConfigError):
         crossrefs = ("no tag '", "is not a value of", "can never be a value", "declared twice")
-        reached = any(phrase in issue for issue in result.issues for phrase in crossrefs)
+        reached = any(phrase in issue for issue in result.lines() for phrase in crossrefs)
         event("outcome: ConfigError" + (" from the cross-entry checks" if reached else ""))
     if not isinstance(result, GatewayConfig):
         return
@@ -1336,7 +1336,7 @@ def test_unreadable_paths(workdir: Path) -> None:
     for path in (workdir / "missing.yaml", workdir):
         with pytest.raises(ConfigError) as caught:
             load_config(path, environ={})
-        check_issues(caught.value.issues, str(path), 1)
+        check_issues(caught.value.lines(), str(path), 1)
 
 
 # --- the bugs found: fixed ones stay fixed, open ones are strict xfails ----------------------
@@ -1354,7 +1354,7 @@ def _contract_holds(workdir: Path, text: str) -> float:
         result = load_config(path, environ=REPRODUCER_ENVIRON)
     except ConfigError as exc:
         elapsed = time.perf_counter() - started
-        check_issues(exc.issues, str(path), _line_count(raw))
+        check_issues(exc.lines(), str(path), _line_count(raw))
     else:
         elapsed = time.perf_counter() - started
         assert isinstance(result, GatewayConfig), type(result)

@@ -187,6 +187,6 @@ def test_min_state_must_be_longer_than_0(tmp_path: Path) -> None:
     path.write_text(HEAD + CYCLE + "    min_state: 0s\n")
     with pytest.raises(ConfigError) as caught:
         load_config(path)
-    assert caught.value.issues[0] == (
+    assert caught.value.lines()[0] == (
         f"{path}:11:5 sequences[0]: 'min_state' must be longer than 0"
     )

@@ -16,8 +16,9 @@ from typing import Annotated, Literal
 import pytest
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from edgegw.config.diagnostics import did_you_mean, format_issue, validate_document
-from edgegw.config.yamlpos import Mark, load_yaml_file, load_yaml_text
+from edgegw.config.diagnostics import did_you_mean, validate_document
+from edgegw.config.issues import ConfigIssue, Mark
+from edgegw.config.yamlpos import load_yaml_file, load_yaml_text
 from edgegw.errors import ConfigError
 
 # --- the toy schema -------------------------------------------------------------------
@@ -70,7 +71,7 @@ def errors_of(text: str, path: str = "line3.yaml") -> list[str]:
     """The issues a config text produces, from the YAML loader or the model."""
     with pytest.raises(ConfigError) as caught:
         validate_document(Root, load_yaml_text(text, path))
-    return caught.value.issues
+    return caught.value.lines()
 
 
 # Lines are numbered on the right; nothing in a YAML text below is indented with tabs.
@@ -301,7 +302,7 @@ def test_duplicate_integer_keys() -> None:
     # '{' is col 9; the second '0' is col 27.
     with pytest.raises(ConfigError) as caught:
         load_yaml_text(text, "c.yaml")
-    assert caught.value.issues == [
+    assert caught.value.lines() == [
         "c.yaml:1:27 states.0: duplicate key '0' (first defined at line 1)",
         "1 error; gateway not started.",
     ]
@@ -358,8 +359,8 @@ def test_syntax_error_tab_between_values() -> None:
 def yaml_error(text: str) -> str:
     with pytest.raises(ConfigError) as caught:
         load_yaml_text(text, "c.yaml")
-    assert caught.value.issues[-1] == "1 error; gateway not started."
-    return caught.value.issues[0]
+    assert caught.value.lines()[-1] == "1 error; gateway not started."
+    return caught.value.lines()[0]
 
 
 @pytest.mark.parametrize(
@@ -504,7 +505,7 @@ def test_unsupported_tags_are_all_reported() -> None:
     text = "a: !env BROKER\nb: !!binary aGk=\n"
     with pytest.raises(ConfigError) as caught:
         load_yaml_text(text, "c.yaml")
-    assert caught.value.issues == [
+    assert caught.value.lines() == [
         "c.yaml:1:4 a: unsupported YAML tag '!env'; write a plain value instead",
         "c.yaml:2:4 b: unsupported YAML tag '!!binary'; write a plain value instead",
         "2 errors; gateway not started.",
@@ -534,7 +535,7 @@ def test_merge_keys_written_keys_win_and_merged_values_keep_their_own_marks() ->
 def test_merge_of_a_scalar_is_refused() -> None:
     with pytest.raises(ConfigError) as caught:
         load_yaml_text("a: &one 1\nb:\n  <<: *one\n", "c.yaml")
-    assert caught.value.issues == [
+    assert caught.value.lines() == [
         "c.yaml:3:3 b: '<<' (merge) needs a mapping or a list of mappings, "
         "e.g. '<<: *defaults' or '<<: [*a, *b]'",
         "1 error; gateway not started.",
@@ -546,8 +547,8 @@ def test_alias_bomb_is_refused() -> None:
     lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
     with pytest.raises(ConfigError) as caught:
         load_yaml_text("\n".join(lines) + "\n", "c.yaml")
-    assert "refusing to load it" in caught.value.issues[0]
-    assert caught.value.issues[-1] == "1 error; gateway not started."
+    assert "refusing to load it" in caught.value.lines()[0]
+    assert caught.value.lines()[-1] == "1 error; gateway not started."
 
 
 def test_empty_file(tmp_path: Path) -> None:
@@ -556,7 +557,7 @@ def test_empty_file(tmp_path: Path) -> None:
         path.write_text(content)
         with pytest.raises(ConfigError) as caught:
             load_yaml_file(path)
-        assert caught.value.issues == [
+        assert caught.value.lines() == [
             f"{path}: file is empty",
             "1 error; gateway not started.",
         ]
@@ -566,7 +567,7 @@ def test_nonexistent_file_names_the_file_and_the_reason(tmp_path: Path) -> None:
     path = tmp_path / "nope.yaml"
     with pytest.raises(ConfigError) as caught:
         load_yaml_file(path)
-    assert caught.value.issues == [
+    assert caught.value.lines() == [
         f"{path}: cannot read the file: No such file or directory",
         "1 error; gateway not started.",
     ]
@@ -580,7 +581,7 @@ def test_file_path_is_printed_as_given(tmp_path: Path, monkeypatch: pytest.Monke
     assert doc.path == "config/line3.yaml"
     with pytest.raises(ConfigError) as caught:
         validate_document(Root, doc)
-    assert caught.value.issues[0].startswith("config/line3.yaml:7:5 sources[0].pol: ")
+    assert caught.value.lines()[0].startswith("config/line3.yaml:7:5 sources[0].pol: ")
 
 
 def test_not_utf8(tmp_path: Path) -> None:
@@ -588,16 +589,16 @@ def test_not_utf8(tmp_path: Path) -> None:
     path.write_bytes(b"gateway:\n  id: caf\xe9\n")
     with pytest.raises(ConfigError) as caught:
         load_yaml_file(path)
-    assert caught.value.issues[0] == f"{path}: the file is not UTF-8 text (byte 0xe9 on line 2)"
+    assert caught.value.lines()[0] == f"{path}: the file is not UTF-8 text (byte 0xe9 on line 2)"
 
 
-def test_format_issue() -> None:
-    assert format_issue("c.yaml", Mark(3, 9), "mqtt.qos", "must be <= 1 (got 2)") == (
+def test_a_config_issue_formats_as_one_line() -> None:
+    assert str(ConfigIssue("c.yaml", Mark(3, 9), "mqtt.qos", "must be <= 1 (got 2)")) == (
         "c.yaml:3:9 mqtt.qos: must be <= 1 (got 2)"
     )
-    assert format_issue("c.yaml", None, "mqtt", "bad") == "c.yaml mqtt: bad"
-    assert format_issue("c.yaml", Mark(1, 1), "", "bad") == "c.yaml:1:1: bad"
-    assert format_issue("c.yaml", None, "", "file is empty") == "c.yaml: file is empty"
+    assert str(ConfigIssue("c.yaml", None, "mqtt", "bad")) == "c.yaml mqtt: bad"
+    assert str(ConfigIssue("c.yaml", Mark(1, 1), "", "bad")) == "c.yaml:1:1: bad"
+    assert str(ConfigIssue("c.yaml", None, "", "file is empty")) == "c.yaml: file is empty"
 
 
 @pytest.mark.parametrize(

@@ -42,5 +42,5 @@ def test_errors_come_back_with_their_positions(tmp_path: Path) -> None:
         load_config(path)
     with pytest.raises(ConfigError) as isolated:
         load_config_isolated(path)
-    assert isolated.value.issues == in_process.value.issues
-    assert isolated.value.issues[0].startswith(f"{path}:8:50 sources[0].tags[0].type:")
+    assert isolated.value.lines() == in_process.value.lines()
+    assert isolated.value.lines()[0].startswith(f"{path}:8:50 sources[0].tags[0].type:")

@@ -32,8 +32,8 @@ def issues(tmp_path: Path, tag: str) -> list[str]:
     path.write_text(HEAD + f"      - {tag}\n")
     with pytest.raises(ConfigError) as caught:
         load_config(path, environ={})
-    assert caught.value.issues[-1].endswith("; gateway not started.")
-    return [issue.removeprefix(f"{path}:") for issue in caught.value.issues[:-1]]
+    assert caught.value.lines()[-1].endswith("; gateway not started.")
+    return [issue.removeprefix(f"{path}:") for issue in caught.value.lines()[:-1]]
 
 
 def address_error(tmp_path: Path, address: str, kind: str = "uint16") -> str:

@@ -16,7 +16,7 @@ from pymodbus.pdu import ModbusPDU
 
 from edgegw.backoff import Backoff
 from edgegw.reading import Reading
-from edgegw.sources.base import SourceStatus
+from edgegw.sources.base import SourceHealth, SourceStatus
 from edgegw.sources.modbus.config import BIT_TABLES, DeviceView, ModbusSourceConfig
 from edgegw.sources.modbus.decode import (
     BlockDecoder,
@@ -118,6 +118,9 @@ class ModbusSource:
     def request_count(self) -> int:
         """Requests one poll costs."""
         return len(self.blocks)
+
+    def health(self, now: float) -> SourceHealth:
+        return self.status.snapshot(now)
 
     async def batches(self) -> AsyncIterator[list[Reading]]:
         config = self.config

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from edgegw.backoff import Backoff
 from edgegw.reading import Reading
-from edgegw.sources.base import SourceStatus
+from edgegw.sources.base import DeviceHealth, SourceHealth, SourceStatus
 from edgegw.sources.modbus.channel import Channel, ChannelClosed, SerialChannel, TcpChannel
 from edgegw.sources.modbus.config import BIT_TABLES, DeviceView, ModbusSourceConfig
 from edgegw.sources.modbus.decode import DecodeError
@@ -58,6 +58,17 @@ class DeviceStatus:
         self.errors[kind] = self.errors.get(kind, 0) + 1
         self.last_error = reason
 
+    def snapshot(self) -> DeviceHealth:
+        return DeviceHealth(
+            name=self.name,
+            unit=self.unit,
+            reads=self.reads,
+            errors=tuple(sorted(self.errors.items())),
+            last_response=self.last_response,
+            breaker_open=self.breaker_open,
+            last_error=self.last_error,
+        )
+
 
 @dataclass(slots=True)
 class _Device:
@@ -85,6 +96,9 @@ class ModbusLine:
     @property
     def device_statuses(self) -> list[DeviceStatus]:
         return [device.status for device in self.devices]
+
+    def health(self, now: float) -> SourceHealth:
+        return self.status.snapshot(now, [device.status.snapshot() for device in self.devices])
 
     async def batches(self) -> AsyncIterator[list[Reading]]:
         backoff = Backoff(initial=0.5, maximum=30.0)

@@ -31,7 +31,7 @@ from asyncua.ua.uaerrors import UaError
 
 from edgegw.backoff import Backoff
 from edgegw.reading import Reading
-from edgegw.sources.base import SourceStatus
+from edgegw.sources.base import SourceHealth, SourceStatus
 from edgegw.sources.opcua.config import OpcUaSourceConfig
 from edgegw.sources.opcua.nodeid import NamespaceMissing
 from edgegw.sources.opcua.session import (
@@ -102,6 +102,9 @@ class OpcUaSource:
         self.republish_failures = 0  # missed messages the server could not send again
 
     # --- the Source contract ------------------------------------------------------------
+
+    def health(self, now: float) -> SourceHealth:
+        return self.status.snapshot(now)
 
     async def batches(self) -> AsyncIterator[list[Reading]]:
         backoff = Backoff(initial=0.5, maximum=30.0)
