@@ -370,7 +370,7 @@ def _check_state_dir(path: str, config: Any) -> None:
 def _check_broker_credentials(config: Any) -> None:
     """What the model cannot see: the password file is text, the TLS files load together."""
     from edgegw.errors import SinkError
-    from edgegw.service.app import mqtt_settings
+    from edgegw.sinks.mqtt.configure import mqtt_settings
     from edgegw.sinks.mqtt.tls import tls_context
 
     settings = mqtt_settings(config)  # reads the password file

@@ -10,11 +10,9 @@ import time
 
 from edgegw import __version__
 from edgegw.config.model import GatewayConfig
-from edgegw.config.types import read_secret
 from edgegw.errors import ConfigError, EdgeGwError, OutboxError
 from edgegw.outbox.quarantine import QuarantineRecord
 from edgegw.outbox.store import NORMAL_SYNC_INTERVAL, Outbox, PendingEvent
-from edgegw.pipeline.events.schemas import announcements
 from edgegw.pipeline.intake import IntakeQueue
 from edgegw.pipeline.process import Pipeline
 from edgegw.service.health import GatewayHealth
@@ -22,9 +20,9 @@ from edgegw.service.metrics import serve, start_http
 from edgegw.service.reload import ConfigChanges, diff_configs, file_sha256
 from edgegw.service.sdnotify import Notifier
 from edgegw.service.statedir import acquire as acquire_state_dir
-from edgegw.sinks.forwarder import BatchSettings, Forwarder
-from edgegw.sinks.mqtt.settings import MqttSettings
-from edgegw.sinks.mqtt.tls import TlsSettings
+from edgegw.sinks.forwarder import Forwarder, MakeSink
+from edgegw.sinks.mqtt.configure import mqtt_sink_settings
+from edgegw.sinks.mqtt.sink import MqttSink, MqttSinkSettings
 from edgegw.sources.base import Source
 from edgegw.sources.registry import build_source
 
@@ -37,29 +35,6 @@ ALARM_EVERY = 30.0  # seconds between repeated alarms while the outbox refuses d
 RELEASE_EVERY = 2.0  # seconds between looks for released quarantine records
 EXPIRE_EVERY = 60.0
 STATUS_EVERY = 5.0  # seconds between STATUS= lines to systemd
-
-
-def mqtt_settings(config: GatewayConfig) -> MqttSettings:
-    mqtt = config.mqtt
-    status_topic = mqtt.status_topic.format(**config.topic_fields())
-    tls_settings: TlsSettings | None = None
-    if mqtt.secure:  # mqtts:// without a tls section: the system's trust store
-        tls = mqtt.tls
-        tls_settings = (
-            TlsSettings(tls.ca, tls.cert, tls.key, tls.verify_hostname) if tls else TlsSettings()
-        )
-    return MqttSettings(
-        host=mqtt.host,
-        port=mqtt.port,
-        client_id=config.client_id,
-        protocol=mqtt.version,
-        keepalive=int(mqtt.keepalive),
-        connect_timeout=mqtt.connect_timeout,
-        status_topic=status_topic,
-        username=mqtt.username,
-        password=None if mqtt.password_file is None else read_secret(mqtt.password_file),
-        tls=tls_settings,
-    )
 
 
 class Gateway:
@@ -86,14 +61,9 @@ class Gateway:
             gateway=config.gateway.id,
             gap_topic=config.mqtt.gap_topic.format(**config.topic_fields()),
         )
+        self.sink_settings = mqtt_sink_settings(config)
         self.forwarder = Forwarder(
-            self.outbox,
-            mqtt_settings(config),
-            qos=config.mqtt.qos,
-            window=config.mqtt.inflight,
-            drain_grace=shutdown_grace,
-            announcements=announcements(config),
-            batch=batch_settings(config),
+            self.outbox, self._mqtt_sink(self.sink_settings), drain_grace=shutdown_grace
         )
         self.pipeline = Pipeline(config)
         self.sources: list[Source] = [build_source(source) for source in config.sources]
@@ -239,8 +209,8 @@ class Gateway:
                     f"{', '.join(changes.needs_restart)} changed, which takes a restart "
                     "(systemctl restart edgegw)",
                 )
-            settings = mqtt_settings(new)
-            changes.mqtt = changes.mqtt or settings != self.forwarder.settings
+            settings = mqtt_sink_settings(new)
+            changes.mqtt = changes.mqtt or settings != self.sink_settings
             await self._apply(new, changes, settings)
             self.reloads["applied"] += 1
             audit.warning(
@@ -266,7 +236,7 @@ class Gateway:
         return False
 
     async def _apply(
-        self, new: GatewayConfig, changes: ConfigChanges, settings: MqttSettings
+        self, new: GatewayConfig, changes: ConfigChanges, settings: MqttSinkSettings
     ) -> None:
         stopping = [*changes.removed, *changes.changed]
         await _cancel_until_gone([self._readers.pop(name) for name in stopping])
@@ -291,13 +261,12 @@ class Gateway:
             self.outbox.max_bytes = new.outbox.max_bytes
         if changes.mqtt:
             self.outbox.gap_topic = new.mqtt.gap_topic.format(**new.topic_fields())
-            self.forwarder.reconfigure(
-                settings,
-                qos=new.mqtt.qos,
-                window=new.mqtt.inflight,
-                announcements=announcements(new),
-                batch=batch_settings(new),
-            )
+            self.sink_settings = settings
+            self.forwarder.reconfigure(self._mqtt_sink(settings))
+
+    @staticmethod
+    def _mqtt_sink(settings: MqttSinkSettings) -> MakeSink:
+        return lambda on_result: MqttSink(settings, on_result)
 
     async def _read_forever(self, source: Source) -> None:
         # Sources turn device faults into bad readings; anything escaping is a bug in a source,
@@ -467,16 +436,6 @@ class Gateway:
                     await self.outbox.expire()
             except OutboxError as exc:
                 log.error("retention pass failed error=%s", exc)
-
-
-def batch_settings(config: GatewayConfig) -> BatchSettings | None:
-    batch = config.mqtt.batch
-    if batch is None:
-        return None
-    fields = config.topic_fields()
-    # Fill every placeholder but {source}, which the forwarder fills per message.
-    topic = batch.topic.replace("{source}", "\x00").format(**fields).replace("\x00", "{source}")
-    return BatchSettings(batch.max_values, batch.max_delay, topic, config.gateway.id)
 
 
 async def _cancel_until_gone(tasks: list[asyncio.Task[None]]) -> None:

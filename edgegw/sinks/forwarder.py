@@ -1,4 +1,5 @@
-"""Outbox to broker: claim rows in seq order, publish with a bounded window, delete on PUBACK."""
+"""Outbox to sink: claim rows in seq order, send them with a bounded window, delete what the sink
+acknowledged. One generic forwarder per sink; the sink turns rows into messages."""
 
 from __future__ import annotations
 
@@ -7,19 +8,17 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-
-import orjson
 
 from edgegw.backoff import Backoff
 from edgegw.errors import OutboxError, SinkError
 from edgegw.histogram import Histogram
 from edgegw.outbox.store import Outbox, StoredEvent
-from edgegw.sinks.base import SinkHealth
-from edgegw.sinks.mqtt.client import MqttClient
-from edgegw.sinks.mqtt.reasons import reason_text
-from edgegw.sinks.mqtt.settings import MqttSettings
+from edgegw.sinks.base import OnResult, Sink, SinkHealth
+
+MakeSink = Callable[[OnResult], Sink]
+"""Builds the sink, given the callback through which it reports each message's fate."""
 
 log = logging.getLogger(__name__)
 
@@ -50,89 +49,45 @@ class ForwarderStatus:
     last_ack_latency: float = 0.0  # seconds from source timestamp to PUBACK
 
 
-TELEMETRY_PREFIX = "edgegw.telemetry/"
-BATCH_SCHEMA = "edgegw.batch/1"
-
-
-@dataclass(frozen=True, slots=True)
-class BatchSettings:
-    """`mqtt.batch`: telemetry as one message per source and flush."""
-
-    max_values: int
-    max_delay: float  # seconds a young batch may wait to fill
-    topic: str  # template with {source}; the other placeholders already filled in
-    gateway: str
-
-
 class Forwarder:
-    """Sends every outbox row to the broker, at least once.
+    """Sends every outbox row to one sink, at least once.
 
-    Contract: the outbox is the only queue. Nothing is handed to the MQTT client while it is
+    Contract: the outbox is the only queue. Nothing is handed to the sink while it is
     disconnected; after every (re)connect, sending starts again at the oldest unacknowledged
-    row with its original key and seq. A row is deleted only after its PUBACK.
+    row with its original key and seq. A row is deleted only after the sink acknowledged it.
     """
 
-    def __init__(
-        self,
-        outbox: Outbox,
-        settings: MqttSettings,
-        *,
-        qos: int,
-        window: int,
-        drain_grace: float = 5.0,
-        announcements: Sequence[tuple[str, bytes]] = (),
-        batch: BatchSettings | None = None,
-    ) -> None:
+    def __init__(self, outbox: Outbox, make_sink: MakeSink, *, drain_grace: float = 5.0) -> None:
         self.outbox = outbox
-        self.announcements = list(announcements)  # (topic, payload) retained at each connect
-        self.batch = batch
-        self._sources: dict[int, str] = {}  # seq -> source, parsed once per row
-        self.settings = settings
-        self.qos = qos
-        self.window = window
+        self.sink = make_sink(self._on_result)
+        self._next_sink: Sink | None = None  # set by reconfigure(): used from the next connect
         self.drain_grace = drain_grace
         self.status = ForwarderStatus()
-        self._in_flight: dict[int, StoredEvent] = {}  # token -> its row (a batch: the first)
-        self._batch_rows: dict[int, list[StoredEvent]] = {}  # batch token -> its rows
-        self.latency = Histogram()  # source timestamp -> PUBACK, per value
+        self.latency = Histogram()  # source timestamp -> acknowledgement, per value
         self._acked: list[int] = []
         self._acked_pending: set[int] = set()  # acknowledged, delete not yet committed
         self._wake = asyncio.Event()
         self._acks_ready = asyncio.Event()
-        self._client: MqttClient | None = None
-        self._stopping = False
         self._progress = asyncio.Event()  # set when rows were sent or the link went down
         self._seq_at_connect = 0
-        self._sent_since_connect = 0  # rows handed to the broker on this connection
+        self._sent_since_connect = 0  # rows handed to the sink on this connection
         self.intake_waits = 0  # times intake waited for the forwarder (overload)
         self.throttle_intake = True  # off at shutdown: what was read must be committed
         self.intake_lead_limit = INTAKE_LEAD
         self._reconnect = asyncio.Event()  # set by reconfigure(): new settings, new connection
 
-    def reconfigure(
-        self,
-        settings: MqttSettings,
-        *,
-        qos: int,
-        window: int,
-        announcements: Sequence[tuple[str, bytes]],
-        batch: BatchSettings | None,
-    ) -> None:
-        """Apply new MQTT settings: what is in flight is drained (bounded by the grace
-        period), the connection closed cleanly, and a new one opened with the new settings.
+    def reconfigure(self, make_sink: MakeSink) -> None:
+        """Apply new sink settings: what is in flight is drained (bounded by the grace period),
+        the connection closed cleanly, and a new one opened with the new settings.
         Unacknowledged rows are sent again on it, as after any reconnect."""
-        self.settings = settings
-        self.qos = qos
-        self.window = window
-        self.announcements = list(announcements)
-        self.batch = batch
+        self._next_sink = make_sink(self._on_result)
         self._reconnect.set()
 
     def health(self) -> SinkHealth:
         status = self.status
         return SinkHealth(
-            name="mqtt",
-            address=self.settings.address,
+            name=self.sink.name,
+            address=self.sink.address,
             up=status.broker_up,
             connects=status.connects,
             last_error=status.last_error,
@@ -174,31 +129,29 @@ class Forwarder:
         deleter = asyncio.create_task(self._delete_acked_forever(), name="forwarder-deleter")
         try:
             while not stop.is_set():
-                client = MqttClient(self.settings, on_ack=self._on_ack)
+                if self._next_sink is not None:
+                    self.sink, self._next_sink = self._next_sink, None
+                sink = self.sink
                 try:
-                    if not await self._connect_unless_stopped(client, stop):
+                    if not await self._connect_unless_stopped(sink, stop):
                         break
                 except SinkError as exc:
                     self._set_down(str(exc), quiet=short_lived > 1)
                     await self._pause(stop, backoff.next_delay())
                     continue
-                self._client = client
                 self._seq_at_connect = self.outbox.last_seq
                 self._sent_since_connect = 0
                 self.status.broker_up = True
                 self.status.connects += 1
                 log.log(
                     logging.DEBUG if short_lived else logging.INFO,
-                    "broker connected address=%s tls=%s user=%s",
-                    self.settings.address,
-                    "on" if self.settings.tls is not None else "off",
-                    self.settings.username or "-",
+                    "broker connected sink=%s %s",
+                    sink.name,
+                    sink.describe(),
                 )
-                self._announce(client)
                 connected_at = time.monotonic()
-                reason = await self._pump(client, stop)
+                reason = await self._pump(sink, stop)
                 self._reconnect.clear()
-                self._client = None
                 held = time.monotonic() - connected_at
                 if reason is None or held >= STABLE_CONNECTION:
                     if short_lived:
@@ -220,7 +173,7 @@ class Forwarder:
                         "broker %s dropped the connection %.1f s after it was made; "
                         "reconnecting with growing delays (up to %g s) until a connection "
                         "holds %g s, said once reason=%s",
-                        self.settings.address,
+                        sink.address,
                         held,
                         flapping.maximum,
                         STABLE_CONNECTION,
@@ -237,9 +190,9 @@ class Forwarder:
             await self._flush_acks()
 
     @staticmethod
-    async def _connect_unless_stopped(client: MqttClient, stop: asyncio.Event) -> bool:
+    async def _connect_unless_stopped(sink: Sink, stop: asyncio.Event) -> bool:
         """Connect; False when stop came first (a shutdown must not wait for a dead broker)."""
-        connecting = asyncio.create_task(client.connect(), name="mqtt-connect")
+        connecting = asyncio.create_task(sink.connect(), name=f"sink-connect:{sink.name}")
         stopped = asyncio.create_task(stop.wait(), name="forwarder-stop-watch")
         await asyncio.wait((connecting, stopped), return_when=asyncio.FIRST_COMPLETED)
         stopped.cancel()
@@ -249,7 +202,7 @@ class Forwarder:
         connecting.cancel()
         with contextlib.suppress(asyncio.CancelledError, SinkError):
             await connecting
-        await client.close()
+        await sink.close()
         return False
 
     @staticmethod
@@ -264,30 +217,25 @@ class Forwarder:
         self.status.last_error = reason
         self._progressed()
 
-    async def _pump(self, client: MqttClient, stop: asyncio.Event) -> str | None:
-        """Publish until the connection drops (returns the reason) or stop is set (None)."""
-        self._in_flight.clear()
-        self._batch_rows.clear()
+    async def _pump(self, sink: Sink, stop: asyncio.Event) -> str | None:
+        """Send until the connection drops (returns the reason) or stop is set (None)."""
         cursor = 0
-        # MQTT 5 forbids more unacknowledged QoS 1 publishes than the broker's Receive Maximum;
-        # a strict broker disconnects a client that exceeds it (0x93).
-        window = min(self.window, client.receive_maximum)
-        lost = asyncio.create_task(client.wait_disconnected(), name="mqtt-disconnect-watch")
+        lost = asyncio.create_task(sink.wait_lost(), name=f"sink-loss-watch:{sink.name}")
         stopped = asyncio.create_task(self._stop_or_reconnect(stop), name="forwarder-stop-watch")
         try:
             # Rows are claimed in pages larger than the window: each claim waits for the
             # outbox lock behind a commit group, so one claim per window starves forwarding
             # when intake is busy (measured: 473 values/s forwarded at 23,000 commits/s).
             ready: deque[StoredEvent] = deque()
-            page = max(CLAIM_PAGE, window, 4 * self.batch.max_values if self.batch else 0)
-            more = True  # rows may wait in the outbox beyond `ready`
             # Batching claims ahead so that a batch can fill; otherwise only when empty.
-            refill = self.batch.max_values if self.batch is not None else 1
+            refill = sink.batching
+            page = max(CLAIM_PAGE, sink.room(), 4 * refill if refill > 1 else 0)
+            more = True  # rows may wait in the outbox beyond `ready`
             while not lost.done() and not stopped.done():
                 self._wake.clear()
                 more = more or self.outbox.appended.is_set()
                 self.outbox.appended.clear()
-                room = window - len(self._in_flight)
+                room = sink.room()
                 if room > 0 and more and len(ready) < refill:
                     rows = await self.outbox.claim(cursor, page)
                     more = len(rows) == page
@@ -297,11 +245,13 @@ class Forwarder:
                         ready.extend(row for row in rows if row.seq not in pending)
                         continue
                 delay: float | None = None
-                if room > 0 and ready and client.connected:
-                    if self.batch is None:
-                        self._publish(client, ready, room)
-                        continue
-                    delay = self._publish_batches(client, ready, room)
+                if room > 0 and ready and sink.connected:
+                    before = len(ready)
+                    delay = sink.send(ready, room)
+                    sent = before - len(ready)
+                    if sent:
+                        self._sent_since_connect += sent
+                        self._progressed()
                     if delay is None:
                         continue
                 waiters = [lost, stopped, asyncio.ensure_future(self._wake.wait())]
@@ -314,16 +264,13 @@ class Forwarder:
                     waiter.cancel()
             if lost.done():
                 return lost.result()
-            await self._drain_in_flight(client, lost)
-            await client.close()
+            await self._drain_in_flight(sink, lost)
+            await sink.close()
             return None if stop.is_set() else "reconnecting with new settings (config reload)"
         finally:
             stopped.cancel()
             if not lost.done():
                 lost.cancel()
-            self._in_flight.clear()
-            self._batch_rows.clear()
-            self._sources.clear()
 
     async def _stop_or_reconnect(self, stop: asyncio.Event) -> None:
         waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._reconnect.wait())]
@@ -333,144 +280,30 @@ class Forwarder:
             for wait in waits:
                 wait.cancel()
 
-    def _announce(self, client: MqttClient) -> None:
-        """Publish the retained schema messages; their acks carry negative tokens (ignored)."""
-        for index, (topic, payload) in enumerate(self.announcements):
-            try:
-                client.publish(topic, payload, qos=1, token=-1 - index, retain=True)
-            except SinkError as exc:
-                log.warning("cannot publish a schema topic=%s error=%s", topic, exc)
-                return
-
-    def _publish_batches(
-        self, client: MqttClient, ready: deque[StoredEvent], room: int
-    ) -> float | None:
-        """Publish up to `room` messages, telemetry as `edgegw.batch/1` per source; returns
-        how long to wait for a fuller batch when nothing was worth sending yet."""
-        batch = self.batch
-        assert batch is not None
-        published = 0
-        while room > 0 and ready:
-            head = ready[0]
-            if not head.schema.startswith(TELEMETRY_PREFIX):
-                self._publish(client, ready, 1)
-                room -= 1
-                published += 1
-                continue
-            source = self._source_of(head)
-            items = []
-            for row in ready:
-                if row.schema.startswith(TELEMETRY_PREFIX) and self._source_of(row) == source:
-                    items.append(row)
-                    if len(items) == batch.max_values:
-                        break
-            age = time.time() - head.created
-            if len(items) < batch.max_values and age < batch.max_delay and not published:
-                return batch.max_delay - age
-            taken = {row.seq for row in items}
-            kept = [row for row in ready if row.seq not in taken]
-            ready.clear()
-            ready.extend(kept)
-            self._publish_batch(client, source, items)
-            room -= 1
-            published += 1
-        return None
-
-    def _source_of(self, row: StoredEvent) -> str:
-        source = self._sources.get(row.seq)
-        if source is None:
-            source = _source_field(row.payload)
-            self._sources[row.seq] = source
-        return source
-
-    def _publish_batch(self, client: MqttClient, source: str, rows: list[StoredEvent]) -> None:
-        batch = self.batch
-        assert batch is not None
-        first, last = rows[0].seq, rows[-1].seq
-        head = orjson.dumps({"schema": BATCH_SCHEMA, "gateway": batch.gateway, "source": source})[
-            :-1
-        ]
-        payload = b"".join(
-            (
-                head,
-                b',"seq_first":%d,"seq_last":%d,"items":[' % (first, last),
-                b",".join(row.payload for row in rows),
-                b"]}",
-            )
-        )
-        client.publish(
-            batch.topic.format(source=source),
-            payload,
-            qos=self.qos,
-            token=last,
-            user_properties=(("schema", BATCH_SCHEMA), ("count", str(len(rows)))),
-        )
-        self._in_flight[last] = rows[0]
-        self._batch_rows[last] = rows
-        self._sent_since_connect += len(rows)
-        self._progressed()
-        for row in rows:
-            self._sources.pop(row.seq, None)
-
-    def _publish(self, client: MqttClient, ready: deque[StoredEvent], count: int) -> None:
-        in_flight = self._in_flight
-        count = min(count, len(ready))
-        self._sent_since_connect += count
-        self._progressed()
-        for _ in range(count):
-            row = ready.popleft()
-            client.publish(
-                row.topic,
-                row.payload,
-                qos=self.qos,
-                token=row.seq,
-                user_properties=(("id", row.id), ("schema", row.schema), ("trace", row.trace)),
-            )
-            in_flight[row.seq] = row
-
-    async def _drain_in_flight(self, client: MqttClient, lost: asyncio.Task[str]) -> None:
-        """On shutdown: wait a bounded time for PUBACKs of what is already sent."""
+    async def _drain_in_flight(self, sink: Sink, lost: asyncio.Task[str]) -> None:
+        """On shutdown: wait a bounded time for the acknowledgements of what is already sent."""
         deadline = time.monotonic() + self.drain_grace
-        while self._in_flight and not lost.done() and time.monotonic() < deadline:
+        while sink.in_flight() and not lost.done() and time.monotonic() < deadline:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), deadline - time.monotonic())
-        if self._in_flight:
+        if sink.in_flight():
             log.warning(
                 "shutdown with unacknowledged publishes count=%d; they stay in the outbox",
-                len(self._in_flight),
+                sink.in_flight(),
             )
 
-    def _on_ack(self, token: int, reason_code: int) -> None:
-        row = self._in_flight.pop(token, None)
-        if row is None:
-            return
-        batch_rows = self._batch_rows.pop(token, None)
-        rows = batch_rows or [row]
-        if reason_code >= 0x80:
+    def _on_result(self, rows: Sequence[StoredEvent], refusal: str | None) -> None:
+        """One message's fate, from the sink: acknowledged rows are deleted (in batches, by
+        the deleter task); refused rows stay and are sent again after the next connect."""
+        if refusal is not None:
             self.status.refused += 1
-            topic = row.topic
-            if batch_rows is not None and self.batch is not None:
-                source = self._sources.get(row.seq)
-                topic = self.batch.topic.format(source=source) if source else "a batch topic"
-            for refused in rows:
-                log.error(
-                    "broker refused a publish (%s); the event stays in the outbox topic=%s "
-                    "seq=%d id=%s reason_code=0x%02X trace=%s",
-                    reason_text(reason_code),
-                    topic,
-                    refused.seq,
-                    refused.id,
-                    reason_code,
-                    refused.trace,
-                    extra={"trace": refused.trace},
-                )
         else:
-            seqs = [acked.seq for acked in rows]
+            seqs = [row.seq for row in rows]
             self._acked.extend(seqs)
             self._acked_pending.update(seqs)
             now = time.time()
-            self.status.last_ack_latency = now - row.source_time
+            self.status.last_ack_latency = now - rows[0].source_time
             observe = self.latency.observe
             for acked in rows:
                 observe(now - acked.source_time)
@@ -511,19 +344,3 @@ class Forwarder:
             raise
         self.status.published += len(batch)
         self._acked_pending.difference_update(batch)
-
-
-_SOURCE_FIELD = b'"source":"'
-
-
-def _source_field(payload: bytes) -> str:
-    """The `source` of a stored telemetry envelope. Source names are plain ASCII with no quote
-    or backslash (config rule), so the field reads straight from the bytes; parsing the whole
-    JSON per value was a tenth of the forwarder's time."""
-    start = payload.find(_SOURCE_FIELD)
-    if start >= 0:
-        start += len(_SOURCE_FIELD)
-        end = payload.find(b'"', start)
-        if end >= 0:
-            return payload[start:end].decode()
-    return str(orjson.loads(payload).get("source", ""))

@@ -12,6 +12,7 @@ import pytest
 from edgegw.outbox.store import Outbox, PendingEvent
 from edgegw.sinks.forwarder import Forwarder
 from edgegw.sinks.mqtt.settings import MqttSettings
+from edgegw.sinks.mqtt.sink import MqttSink, MqttSinkSettings
 from tests.support.broker import Mosquitto
 from tests.support.proxy import CuttableProxy
 from tests.support.wait import stays, until
@@ -47,7 +48,8 @@ async def test_intake_waits_while_the_forwarder_is_behind_and_resumes_with_it(
         status_topic="s/a/l/status",
         connect_timeout=5.0,
     )
-    forwarder = Forwarder(outbox, settings, qos=1, window=10)
+    sink_settings = MqttSinkSettings(settings, qos=1, window=10)
+    forwarder = Forwarder(outbox, lambda on_result: MqttSink(sink_settings, on_result))
     forwarder.intake_lead_limit = 50
     stop = asyncio.Event()
     running = asyncio.create_task(forwarder.run(stop))
@@ -55,7 +57,7 @@ async def test_intake_waits_while_the_forwarder_is_behind_and_resumes_with_it(
         await until(lambda: forwarder.status.broker_up, 10, "broker connected")
         proxy.pause()  # PUBACKs held: at most `window` rows leave
         await outbox.append(rows(1, 200))
-        await until(lambda: len(forwarder._in_flight) == 10, 10, "window full")
+        await until(lambda: forwarder.sink.in_flight() == 10, 10, "window full")
         room = asyncio.create_task(forwarder.wait_for_room())
         await stays(lambda: not room.done(), 0.5, "intake waiting while the forwarder is behind")
 

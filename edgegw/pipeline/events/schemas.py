@@ -68,14 +68,3 @@ def all_schemas(config: GatewayConfig) -> dict[str, dict[str, Any]]:
     for event in config.events:
         schemas[event.type] = event_type_schema(config, event)
     return schemas
-
-
-def announcements(config: GatewayConfig) -> list[tuple[str, bytes]]:
-    """(topic, payload) of every schema the gateway publishes retained at connect."""
-    if not config.events:
-        return []
-    fields = config.topic_fields()
-    return [
-        (config.mqtt.schema_topic.format(**fields, type=name), orjson.dumps(schema))
-        for name, schema in all_schemas(config).items()
-    ]

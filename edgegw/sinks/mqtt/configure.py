@@ -1,0 +1,68 @@
+"""The MQTT sink's settings, from the config: connection, credentials, TLS, topics, batching and
+the retained schema announcements."""
+
+from __future__ import annotations
+
+import orjson
+
+from edgegw.config.model import GatewayConfig
+from edgegw.config.types import read_secret
+from edgegw.pipeline.events.schemas import all_schemas
+from edgegw.sinks.mqtt.settings import MqttSettings
+from edgegw.sinks.mqtt.sink import BatchSettings, MqttSinkSettings
+from edgegw.sinks.mqtt.tls import TlsSettings
+
+
+def mqtt_sink_settings(config: GatewayConfig) -> MqttSinkSettings:
+    """Reads the password file, if any."""
+    return MqttSinkSettings(
+        connection=mqtt_settings(config),
+        qos=config.mqtt.qos,
+        window=config.mqtt.inflight,
+        announcements=tuple(announcements(config)),
+        batch=batch_settings(config),
+    )
+
+
+def mqtt_settings(config: GatewayConfig) -> MqttSettings:
+    mqtt = config.mqtt
+    status_topic = mqtt.status_topic.format(**config.topic_fields())
+    tls_settings: TlsSettings | None = None
+    if mqtt.secure:  # mqtts:// without a tls section: the system's trust store
+        tls = mqtt.tls
+        tls_settings = (
+            TlsSettings(tls.ca, tls.cert, tls.key, tls.verify_hostname) if tls else TlsSettings()
+        )
+    return MqttSettings(
+        host=mqtt.host,
+        port=mqtt.port,
+        client_id=config.client_id,
+        protocol=mqtt.version,
+        keepalive=int(mqtt.keepalive),
+        connect_timeout=mqtt.connect_timeout,
+        status_topic=status_topic,
+        username=mqtt.username,
+        password=None if mqtt.password_file is None else read_secret(mqtt.password_file),
+        tls=tls_settings,
+    )
+
+
+def batch_settings(config: GatewayConfig) -> BatchSettings | None:
+    batch = config.mqtt.batch
+    if batch is None:
+        return None
+    fields = config.topic_fields()
+    # Fill every placeholder but {source}, which the forwarder fills per message.
+    topic = batch.topic.replace("{source}", "\x00").format(**fields).replace("\x00", "{source}")
+    return BatchSettings(batch.max_values, batch.max_delay, topic, config.gateway.id)
+
+
+def announcements(config: GatewayConfig) -> list[tuple[str, bytes]]:
+    """(topic, payload) of every schema the gateway publishes retained at connect."""
+    if not config.events:
+        return []
+    fields = config.topic_fields()
+    return [
+        (config.mqtt.schema_topic.format(**fields, type=name), orjson.dumps(schema))
+        for name, schema in all_schemas(config).items()
+    ]
