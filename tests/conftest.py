@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -13,6 +12,7 @@ from simulators.opcua_plc import OpcUaPlc
 from tests.support.broker import Mosquitto
 from tests.support.gateway import GatewayProcess
 from tests.support.subscriber import Subscriber
+from tests.support.tasks import cancel_leftover_tasks
 from tests.support.tls import TestPki, make_pki
 
 
@@ -30,17 +30,7 @@ async def _no_gateway_left() -> AsyncIterator[None]:
     next test's broker or holding a port (seen: one still running an hour later)."""
     yield
     await GatewayProcess.kill_leftovers()
-    # Nor a task: one that swallows its cancellation (Python 3.11's wait_for, when a reply
-    # lands in the same loop step) would hang the event loop's close, which runs outside
-    # pytest-timeout's reach (seen once: a fresh-check idle for minutes). Cancel until gone.
-    current = asyncio.current_task()
-    left = {t for t in asyncio.all_tasks() if t is not current and not t.done()}
-    for _ in range(20):
-        if not left:
-            break
-        for task in left:
-            task.cancel()
-        _, left = await asyncio.wait(left, timeout=0.5)
+    await cancel_leftover_tasks()
 
 
 @pytest.fixture(scope="session")

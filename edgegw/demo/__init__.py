@@ -435,10 +435,10 @@ async def _demo(duration: float | None, broker_kind: str, state_dir: str | None)
         config, text = _effective_config(kind, os.path.dirname(config_path), ports, filler.url)
         plc = ModbusPlc(host="127.0.0.1", port=ports["modbus"], unit=1, tick=PRESS_TICK)
         await plc.start()
+        # The OPC UA server takes a second or two to build its address space: meanwhile the
+        # broker starts.
+        filler_started = asyncio.create_task(filler.start(), name="opcua-simulator")
         try:
-            # The OPC UA server takes a second or two to build its address space: meanwhile
-            # the broker starts.
-            filler_started = asyncio.create_task(filler.start(), name="opcua-simulator")
             async with _broker(kind, ports["mqtt"], workdir) as broker_name:
                 await filler_started
                 for line in _banner(config, config_path, broker_name):
@@ -473,6 +473,9 @@ async def _demo(duration: float | None, broker_kind: str, state_dir: str | None)
                     subscriber.loop_stop()
                     subscriber.disconnect()
         finally:
+            # Not awaited when the broker failed to start: its failure must not go unseen.
+            filler_started.cancel()
+            await asyncio.gather(filler_started, return_exceptions=True)
             await asyncio.gather(filler.stop(), plc.stop())
         quarantined: int | None = None
         error = None

@@ -131,14 +131,14 @@ _INSERT_QUARANTINE = (
 # The same conflict detected again while its record waits (released or not: a release is
 # moved into the outbox by this process, under the same lock): one record, counted.
 _REPEAT_CONFLICT = (
-    "UPDATE quarantine SET count = count + 1, last_value = ?, last_ts = ? "
+    "UPDATE quarantine SET count = count + ?, last_value = ?, last_ts = ? "
     "WHERE id = ? AND rule = 'conflict'"
 )
 # An event held by its contract and detected again with the same data (after a bad read, after
 # a restart) while its record waits unreleased: the same record, counted, not one more per
 # detection with one id (an operator would otherwise release one and see the others refused).
 _REPEAT_HELD_EVENT = (
-    "UPDATE quarantine SET count = count + 1, last_value = ?, last_ts = ? "
+    "UPDATE quarantine SET count = count + ?, last_value = ?, last_ts = ? "
     "WHERE id = ? AND kind = 'event' AND rule = ? AND value = ? AND released IS NULL"
 )
 EVENT_SCHEMA_PREFIX = "edgegw.event/"
@@ -664,6 +664,7 @@ class Outbox:
                 cursor = await self.db.execute(
                     _REPEAT_CONFLICT,
                     (
+                        record.count,
                         orjson.dumps(record.value, default=str),
                         record.last_ts or record.ts,
                         record.key,
@@ -675,7 +676,14 @@ class Outbox:
                 value = orjson.dumps(record.value, default=str)
                 cursor = await self.db.execute(
                     _REPEAT_HELD_EVENT,
-                    (value, record.last_ts or record.ts, record.key, record.rule, value),
+                    (
+                        record.count,
+                        value,
+                        record.last_ts or record.ts,
+                        record.key,
+                        record.rule,
+                        value,
+                    ),
                 )
                 if cursor.rowcount:
                     continue

@@ -159,8 +159,12 @@ class Gateway:
                 forwarder_stop.set()
         finally:
             self.notifier.close()
-            await self.outbox.close()
-            state_lock.release()
+            if http_server is not None:
+                http_server.close()  # when the group ended before `serve` took it over
+            try:
+                await self.outbox.close()
+            finally:
+                state_lock.release()
             log.info(
                 "gateway stopped committed=%d published=%d",
                 self.committed,

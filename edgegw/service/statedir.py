@@ -12,10 +12,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import logging
 import os
 import pwd
+import time
 
 from edgegw.errors import EdgeGwError
+
+log = logging.getLogger(__name__)
 
 LOCK_NAME = "edgegw.lock"
 
@@ -32,9 +36,14 @@ class StateLock:
 
     def note_endpoint(self, url: str) -> None:
         """Write the HTTP endpoint the gateway serves beside its PID: `edgegw status` asks
-        that one, even when the config file now names another port (a refused reload)."""
+        that one, even when the config file now names another port (a refused reload).
+        Best effort: a gateway that cannot write it still runs; `status` then finds no
+        endpoint and says so."""
         if self._fds:
-            os.pwrite(self._fds[0], f"{os.getpid()}\n{url}\n".encode(), 0)
+            try:
+                os.pwrite(self._fds[0], f"{os.getpid()}\n{url}\n".encode(), 0)
+            except OSError as exc:
+                log.warning("cannot note the HTTP endpoint in the lock file: %s", exc.strerror)
 
     def release(self) -> None:
         for fd in self._fds:
@@ -75,7 +84,7 @@ def _lock_one(path: str) -> int:
     except OSError as exc:
         raise StateDirError(f"cannot create the lock file {path}: {exc.strerror}") from exc
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _flock_exclusive(fd)
     except OSError as exc:
         holder = _read_pid(fd)
         os.close(fd)
@@ -89,9 +98,31 @@ def _lock_one(path: str) -> int:
             f"(lock {path}); one gateway per state directory, so stop that one or give this "
             "config its own gateway.state_dir"
         ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError as exc:
+        os.close(fd)
+        raise StateDirError(f"cannot write the lock file {path}: {exc.strerror}") from exc
     return fd
+
+
+LOCK_PATIENCE = 1.0
+"""Seconds a starting gateway keeps trying for the lock. `edgegw status` holds it shared for
+an instant to see whether a gateway runs: a gateway starting (or restarted by systemd) in that
+instant must not take it for another gateway and exit 73, which systemd does not restart."""
+
+
+def _flock_exclusive(fd: int) -> None:
+    deadline = time.monotonic() + LOCK_PATIENCE
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES) or time.monotonic() > deadline:
+                raise
+        time.sleep(0.05)
 
 
 def _read_pid(fd: int) -> int | None:

@@ -136,7 +136,9 @@ class Forwarder:
                     if not await self._connect_unless_stopped(sink, stop):
                         break
                 except SinkError as exc:
-                    self._set_down(str(exc), quiet=short_lived > 1)
+                    # Said once per reason (see _set_down), also after a flapping period: a
+                    # broker that then stays away must show in the log.
+                    self._set_down(str(exc))
                     await self._pause(stop, backoff.next_delay())
                     continue
                 self._seq_at_connect = self.outbox.last_seq
@@ -151,9 +153,11 @@ class Forwarder:
                 )
                 connected_at = time.monotonic()
                 reason = await self._pump(sink, stop)
+                # A reconnect the gateway asked for (a reload) is no dropped connection.
+                asked = self._reconnect.is_set()
                 self._reconnect.clear()
                 held = time.monotonic() - connected_at
-                if reason is None or held >= STABLE_CONNECTION:
+                if reason is None or asked or held >= STABLE_CONNECTION:
                     if short_lived:
                         log.info(
                             "broker connection held again after %d short-lived connections",
@@ -162,7 +166,10 @@ class Forwarder:
                     short_lived = 0
                     backoff.reset()
                     flapping.reset()
-                    if reason is not None:
+                    if asked:
+                        self.status.broker_up = False
+                        log.info("reconnecting to apply new settings sink=%s", sink.name)
+                    elif reason is not None:
                         self._set_down(reason)
                     self._progressed()
                     continue

@@ -25,7 +25,9 @@ from tests.support.ledger import assert_complete, delivered_and_stored
 from tests.support.subscriber import Subscriber
 from tests.support.wait import until
 
-pytestmark = pytest.mark.timeout(240)
+# Above the sum of the waits inside (30 + 30 + 60 + 60 + 60 + 120 + 30 = 390 s, plus the
+# progress wait of delivered_and_stored, which goes on only while messages arrive).
+pytestmark = pytest.mark.timeout(600)
 
 SIZE = 24 * 1024 * 1024  # the file system
 LEFT = 1024 * 1024  # free once the ballast is in: fills in a second or two of intake

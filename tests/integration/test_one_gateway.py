@@ -30,7 +30,8 @@ from tests.support.ledger import assert_complete, delivered_and_stored, telemetr
 from tests.support.subscriber import Subscriber
 from tests.support.wait import until
 
-pytestmark = pytest.mark.timeout(240)
+# Above the sum of the waits inside (the longest test: 4 x 60 s, plus a progress wait).
+pytestmark = pytest.mark.timeout(360)
 
 
 def _edgegw(*args: str) -> subprocess.CompletedProcess[str]:

@@ -23,6 +23,7 @@ from edgegw.sources.opcua.browse import (
     unique_tag_names,
 )
 from edgegw.sources.opcua.nodeid import parse_node_ref
+from tests.support.tasks import cancel_leftover_tasks
 
 # Every async test talks to the one server the module starts, so they share its event loop.
 on_server = pytest.mark.asyncio(loop_scope="module")
@@ -134,6 +135,7 @@ async def client() -> AsyncIterator[Client]:
             yield connected
     finally:
         await server.stop()
+        await cancel_leftover_tasks()  # this module's loop: the per-test cleanup cannot see it
 
 
 def by_path(variables: list[BrowsedVariable]) -> dict[str, BrowsedVariable]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -110,6 +111,7 @@ async def test_bad_status_is_never_good_and_recovers(plc: OpcUaPlc) -> None:
 async def test_a_missing_node_marks_only_its_tag_bad_names_it_and_is_retried(
     plc: OpcUaPlc, mode: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="edgegw.sources")
     tags = [
         {"name": "frozen", "node": f"{NSU}Filler.Frozen"},
         {"name": "ghost", "node": f"{NSU}Filler.Ghost"},
@@ -136,12 +138,21 @@ async def test_a_missing_node_marks_only_its_tag_bad_names_it_and_is_retried(
         status = got.source.status
         assert status.connected
         assert status.bad_tags == {"ghost": no_node, "elsewhere": elsewhere.reason}
+        # Still named, and not said again, after the unresolved one was retried twice (poll
+        # mode once cleared and named the missing node again at every retry).
+        source = got.source
+        assert isinstance(source, OpcUaSource)
+        retried = source.retries
+        await until(lambda: source.retries >= retried + 2, 20, "two retries")
+        await until(lambda: sum(r.tag == "ghost" for r in got.readings) >= 4, 10, "ghost again")
+        assert status.bad_tags == {"ghost": no_node, "elsewhere": elsewhere.reason}
     named = [r.getMessage() for r in caplog.records if "tag cannot be read" in r.getMessage()]
     assert any(f"tag=ghost address={NSU}Filler.Ghost reason={no_node}" in line for line in named), (
         named
     )
     assert any("tag=elsewhere address=nsu=urn:not:there;s=X" in line for line in named), named
     assert len(named) == 2, "said once per tag, not at every retry"
+    assert not [r for r in caplog.records if "tag reads again" in r.getMessage()]
 
 
 async def test_a_refused_connection_names_the_address(unused_tcp_port: int) -> None:

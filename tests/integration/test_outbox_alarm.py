@@ -17,7 +17,8 @@ from tests.support.broker import Mosquitto
 from tests.support.gateway import bench_tags, build_config, config_dict
 from tests.support.wait import until
 
-pytestmark = pytest.mark.timeout(120)
+# Above the sum of the waits inside (30 + 30 + 60 + 30 + 30 = 180 s).
+pytestmark = pytest.mark.timeout(240)
 
 
 async def test_the_alarm_repeats_while_the_outbox_takes_no_data(

@@ -30,7 +30,9 @@ from tests.support.proxy import CuttableProxy
 from tests.support.subscriber import Subscriber
 from tests.support.wait import until
 
-pytestmark = pytest.mark.timeout(120)
+# Above the sum of the waits inside (the longest test: 10 start + 4 x 30 + 20 stop + 30 account
+# = 180 s), so that a wait names what is missing before pytest-timeout kills the test.
+pytestmark = pytest.mark.timeout(240)
 
 ALLOWED = "s/a/l/plc/r0"
 DENIED = "s/a/l/plc/r1"

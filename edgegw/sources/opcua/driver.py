@@ -85,6 +85,7 @@ class OpcUaSource:
         self._handle_of = {tag: handle for handle, tag in self._handles.items()}
         self._nodes: dict[str, ua.NodeId] = {}
         self._failed: dict[str, str] = {}  # tag -> why it is not read
+        self._reported: set[str] = set()  # tags _report_failed named in the books
         self._queue: asyncio.Queue[list[Reading] | None] = asyncio.Queue(maxsize=64)
         self._lost: str | None = None
         self._server_identity: tuple[object, list[str]] | None = None
@@ -97,6 +98,7 @@ class OpcUaSource:
         self._create_chunk = ITEMS_PER_REQUEST
         self._next_poll: float | None = None
         self._next_retry = 0.0
+        self.retries = 0  # passes of _retry_failed: tags that failed, tried again
         self.transfers = 0  # subscriptions taken over after a link loss
         self.republished = 0  # notification messages fetched again after a takeover
         self.republish_failures = 0  # missed messages the server could not send again
@@ -459,6 +461,7 @@ class OpcUaSource:
     async def _retry_failed(self, client: Client) -> list[Reading]:
         """Try the tags that failed alone again; readings for those that still fail."""
         namespaces = await client.get_namespace_array()
+        self.retries += 1
         retry = list(self._failed)
         for tag_config in self.config.tags:
             if tag_config.name in self._failed and tag_config.name not in self._nodes:
@@ -536,8 +539,11 @@ class OpcUaSource:
         status = self.status
         for tag, reason in self._failed.items():
             status.tag_failed(tag, reason, self._node_text[tag])
-        for tag in [t for t in status.bad_tags if t not in self._failed]:
+        # Only what this books itself: a node that answers a poll with a bad code is named
+        # (and cleared) by the poll, and is not read again here (it was said to flip-flop).
+        for tag in [t for t in self._reported if t not in self._failed]:
             status.tag_read(tag)
+        self._reported = set(self._failed)
 
     def _polled_readings(
         self, chunk: list[str], values: list[ua.DataValue], now: float
