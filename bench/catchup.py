@@ -247,7 +247,9 @@ class OutboxProbe:
         try:
             if self._db is None:
                 self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=1.0)
-            row = self._db.execute("SELECT min(seq), max(seq) FROM outbox").fetchone()
+            row = self._db.execute(
+                "SELECT min(first_seq), max(first_seq + count - 1) FROM segments"
+            ).fetchone()
         except sqlite3.Error:
             return None, None
         return row[0], row[1]
@@ -384,9 +386,11 @@ def rows_left(db_path: Path, n: int) -> dict[str, int | None]:
     with contextlib.suppress(sqlite3.Error):
         db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
         try:
+            # Messages stored, split at seq n (a segment never spans the two: the backlog was
+            # committed before the live values).
             backlog, live = db.execute(
-                "SELECT count(*) FILTER (WHERE seq <= ?), count(*) FILTER (WHERE seq > ?) "
-                "FROM outbox",
+                "SELECT coalesce(sum(count) FILTER (WHERE first_seq <= ?), 0), "
+                "coalesce(sum(count) FILTER (WHERE first_seq > ?), 0) FROM segments",
                 (n, n),
             ).fetchone()
             return {"backlog_rows_left": backlog, "live_rows_left": live}

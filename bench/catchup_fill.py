@@ -29,6 +29,7 @@ import orjson
 from edgegw.config.loader import load_config
 from edgegw.config.model import GatewayConfig
 from edgegw.outbox.quarantine import QuarantineRecord
+from edgegw.outbox.segments import decode_items
 from edgegw.outbox.store import Outbox, PendingEvent
 from edgegw.pipeline.process import Pipeline
 from edgegw.reading import Reading
@@ -162,15 +163,18 @@ async def _fill(config: GatewayConfig, source: str, count: int, group: int) -> F
 
 
 def _verify(path: str) -> tuple[int, int, int, int]:
-    """(rows, first seq, last seq, distinct ids) as stored: the bench relies on seq 1..N."""
+    """(messages, first seq, last seq, distinct ids) as stored: the bench relies on seq 1..N."""
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    ids: set[str] = set()
     try:
-        rows, first, last, distinct = db.execute(
-            "SELECT count(*), min(seq), max(seq), count(DISTINCT id) FROM outbox"
+        rows, first, last = db.execute(
+            "SELECT sum(count), min(first_seq), max(first_seq + count - 1) FROM segments"
         ).fetchone()
+        for (blob,) in db.execute("SELECT items FROM segments"):
+            ids.update(orjson.loads(item)["id"] for item in decode_items(blob))
     finally:
         db.close()
-    return int(rows), int(first or 0), int(last or 0), int(distinct)
+    return int(rows or 0), int(first or 0), int(last or 0), len(ids)
 
 
 def _file_bytes(path: str) -> int:

@@ -585,7 +585,9 @@ def run_once(
                 db = sqlite3.connect(f"file:{tmp / 'state' / 'outbox.sqlite3'}?mode=ro", uri=True)
                 try:
                     delivered_kept = db.execute(
-                        "SELECT count(*) FROM outbox WHERE seq <= ?", (gw_counts["seq_max"],)
+                        "SELECT coalesce(sum(min(first_seq + count - 1, ?) - first_seq + 1), 0) "
+                        "FROM segments WHERE first_seq <= ?",
+                        (gw_counts["seq_max"], gw_counts["seq_max"]),
                     ).fetchone()[0]
                 finally:
                     db.close()

@@ -123,7 +123,8 @@ class OutboxDepth:
 
     def __call__(self) -> int | None:
         try:
-            return int(self.db.execute("SELECT count(*) FROM outbox").fetchall()[0][0])
+            query = "SELECT coalesce(sum(count), 0) FROM segments"
+            return int(self.db.execute(query).fetchall()[0][0])
         except sqlite3.Error:
             return None
 
@@ -756,7 +757,8 @@ def run_once(run_index: int, args: argparse.Namespace) -> dict[str, Any]:
             with contextlib.suppress(sqlite3.Error):
                 db = sqlite3.connect(f"file:{tmp / 'state' / 'outbox.sqlite3'}?mode=ro", uri=True)
                 try:
-                    left = db.execute("SELECT count(*) FROM outbox").fetchall()[0][0]
+                    query = "SELECT coalesce(sum(count), 0) FROM segments"
+                    left = db.execute(query).fetchall()[0][0]
                 finally:
                     db.close()
                 # Kept for the next start (at least once), not lost.

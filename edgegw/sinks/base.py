@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from edgegw.histogram import HistogramSnapshot
-from edgegw.outbox.store import StoredEvent
+from edgegw.outbox.segments import StoredEvent
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from edgegw.backoff import Backoff
 from edgegw.errors import OutboxError, SinkError
 from edgegw.histogram import Histogram
-from edgegw.outbox.store import Outbox, StoredEvent
+from edgegw.outbox.segments import StoredEvent
+from edgegw.outbox.store import Outbox
 from edgegw.sinks.base import OnResult, Sink, SinkHealth
 
 MakeSink = Callable[[OnResult], Sink]
@@ -68,6 +69,9 @@ class Forwarder:
         self._acked_pending: set[int] = set()  # acknowledged, delete not yet committed
         self._wake = asyncio.Event()
         self._acks_ready = asyncio.Event()
+        # Held while acknowledgements are written: whoever waits for it finds every
+        # acknowledgement received so far in the file (see _record_acks).
+        self._flush_lock = asyncio.Lock()
         self._progress = asyncio.Event()  # set when rows were sent or the link went down
         self._seq_at_connect = 0
         self._sent_since_connect = 0  # rows handed to the sink on this connection
@@ -153,6 +157,7 @@ class Forwarder:
                 )
                 connected_at = time.monotonic()
                 reason = await self._pump(sink, stop)
+                await self._record_acks()
                 # A reconnect the gateway asked for (a reload) is no dropped connection.
                 asked = self._reconnect.is_set()
                 self._reconnect.clear()
@@ -338,7 +343,21 @@ class Forwarder:
                 await asyncio.sleep(1.0)
                 self._acks_ready.set()
 
+    async def _record_acks(self) -> None:
+        """Once a connection ended: every acknowledgement it brought is in the file before the
+        loss is reported (a consumer or an operator comparing the outbox with what arrived
+        must not find acknowledged messages still counted as waiting)."""
+        try:
+            await self._flush_acks()
+        except OutboxError as exc:
+            log.error("cannot record acknowledged events; retrying error=%s", exc)
+            self._acks_ready.set()
+
     async def _flush_acks(self) -> None:
+        async with self._flush_lock:
+            await self._flush_acks_locked()
+
+    async def _flush_acks_locked(self) -> None:
         if not self._acked:
             return
         batch, self._acked = self._acked, []

@@ -25,7 +25,6 @@ import contextlib
 import datetime as dt
 import itertools
 import signal
-import sqlite3
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -36,7 +35,7 @@ from typing import Any
 import orjson
 import pytest
 
-from edgegw.outbox.store import read_stats
+from edgegw.outbox.store import read_stats, read_waiting
 from simulators.modbus_plc import BENCH_BASE, ModbusPlc
 from simulators.opcua_plc import FILLER_STATES, FROZEN_VALUE, NAMESPACE_URI, OpcUaPlc
 from tests.conftest import StartModbusPlc, StartOpcUaPlc
@@ -306,8 +305,7 @@ async def stop_gateway(process: GatewayProcess) -> None:
 
 
 def stored_payloads(outbox_path: str) -> list[dict[str, Any]]:
-    with contextlib.closing(sqlite3.connect(outbox_path)) as db:
-        return [orjson.loads(r[0]) for r in db.execute("SELECT payload FROM outbox ORDER BY seq")]
+    return read_waiting(outbox_path)
 
 
 @dataclass

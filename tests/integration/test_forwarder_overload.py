@@ -12,7 +12,7 @@ import pytest
 from edgegw.outbox.store import Outbox, PendingEvent
 from edgegw.sinks.forwarder import Forwarder
 from edgegw.sinks.mqtt.settings import MqttSettings
-from edgegw.sinks.mqtt.sink import MqttSink, MqttSinkSettings
+from edgegw.sinks.mqtt.sink import MqttSink, MqttSinkSettings, Topics
 from tests.support.broker import Mosquitto
 from tests.support.proxy import CuttableProxy
 from tests.support.wait import stays, until
@@ -26,7 +26,7 @@ def rows(first: int, count: int) -> list[PendingEvent]:
             f"k{n}",
             "edgegw.telemetry/1",
             "s/a/l/src/t",
-            {"schema": "edgegw.telemetry/1", "id": f"k{n}", "source": "src", "seq": 0},
+            {"schema": "edgegw.telemetry/1", "id": f"k{n}", "source": "src", "tag": "t", "seq": 0},
             "t",
             time.time(),
             n,
@@ -48,7 +48,8 @@ async def test_intake_waits_while_the_forwarder_is_behind_and_resumes_with_it(
         status_topic="s/a/l/status",
         connect_timeout=5.0,
     )
-    sink_settings = MqttSinkSettings(settings, qos=1, window=10)
+    topics = Topics("s/a/l/{source}/{tag}", "s/a/l/events/{type}", "s/a/l/gap")
+    sink_settings = MqttSinkSettings(settings, qos=1, window=10, topics=topics)
     forwarder = Forwarder(outbox, lambda on_result: MqttSink(sink_settings, on_result))
     forwarder.intake_lead_limit = 50
     stop = asyncio.Event()

@@ -38,7 +38,7 @@ def rows_in_main_file(path: Path, scratch: Path) -> int | None:
     shutil.copyfile(path, copy)
     try:
         with contextlib.closing(sqlite3.connect(copy)) as db:
-            return int(db.execute("SELECT count(*) FROM outbox").fetchone()[0])
+            return int(db.execute("SELECT coalesce(sum(count), 0) FROM segments").fetchone()[0])
     except sqlite3.DatabaseError as exc:
         if "no such table" in str(exc):
             return 0  # the schema itself is only in the WAL

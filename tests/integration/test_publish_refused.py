@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import orjson
 import pytest
 
+from edgegw.outbox.store import read_stats, read_waiting
 from edgegw.service.app import Gateway
 from simulators.modbus_plc import ModbusPlc
 from tests.support.broker import Mosquitto
@@ -78,11 +78,11 @@ def received(sub: Subscriber, topic: str) -> dict[int, str]:
 
 
 def outbox_rows(path: str) -> tuple[int, dict[int, tuple[str, str]]]:
-    """(last seq ever committed, seq -> (id, topic) of the rows still waiting)."""
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
-        last = db.execute("SELECT value FROM meta WHERE name = 'last_seq'").fetchone()[0]
-        rows = db.execute("SELECT seq, id, topic FROM outbox").fetchall()
-    return int(last), {seq: (key, topic) for seq, key, topic in rows}
+    """(last seq ever assigned, seq -> (id, topic) of the messages still waiting for the
+    broker)."""
+    stats = read_stats(path)
+    waiting = read_waiting(path)
+    return stats.last_seq, {m["seq"]: (m["id"], f"s/a/l/{m['source']}/{m['tag']}") for m in waiting}
 
 
 def refused_in_log(caplog: pytest.LogCaptureFixture) -> set[int]:

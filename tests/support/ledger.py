@@ -8,15 +8,13 @@ missing.
 
 from __future__ import annotations
 
-import contextlib
-import sqlite3
 from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
 import orjson
 
-from edgegw.outbox.store import read_stats
+from edgegw.outbox.store import read_stats, read_waiting
 from tests.support.subscriber import Received, Subscriber
 from tests.support.wait import STALL, until, until_progress
 
@@ -55,10 +53,7 @@ def identical_duplicates(messages: list[Received]) -> tuple[int, int]:
 
 def stored(outbox_path: str) -> list[dict[str, Any]]:
     """Messages still waiting in the outbox file."""
-    with contextlib.closing(sqlite3.connect(outbox_path)) as db:
-        return [
-            orjson.loads(row[0]) for row in db.execute("SELECT payload FROM outbox ORDER BY seq")
-        ]
+    return read_waiting(outbox_path)
 
 
 def ranges(numbers: Iterable[int], limit: int = 5) -> str:

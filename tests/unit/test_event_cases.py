@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from edgegw.config.loader import load_config
-from edgegw.outbox.store import Outbox
+from edgegw.outbox.store import Outbox, read_waiting
 from edgegw.pipeline.events.schemas import all_schemas
 from edgegw.pipeline.process import Pipeline
 from edgegw.reading import Reading
@@ -65,13 +65,8 @@ async def run_case(case: Path, state: Path) -> dict[str, Any]:
             await outbox.append(events, held)
     finally:
         await outbox.close()
+    events = [m for m in read_waiting(path) if m["schema"] == "edgegw.event/1"]
     with contextlib.closing(sqlite3.connect(path)) as db:
-        events = [
-            orjson.loads(row[0])
-            for row in db.execute(
-                "SELECT payload FROM outbox WHERE schema = 'edgegw.event/1' ORDER BY seq"
-            )
-        ]
         quarantine = [
             {"kind": k, "subject": s, "rule": r, "reason": why}
             # A lasting violation: how many values it held back, and the last of them.

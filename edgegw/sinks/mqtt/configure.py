@@ -9,7 +9,7 @@ from edgegw.config.model import GatewayConfig
 from edgegw.config.types import read_secret
 from edgegw.pipeline.events.schemas import all_schemas
 from edgegw.sinks.mqtt.settings import MqttSettings
-from edgegw.sinks.mqtt.sink import BatchSettings, MqttSinkSettings
+from edgegw.sinks.mqtt.sink import BatchSettings, MqttSinkSettings, Topics, fill_except
 from edgegw.sinks.mqtt.tls import TlsSettings
 
 
@@ -19,6 +19,7 @@ def mqtt_sink_settings(config: GatewayConfig) -> MqttSinkSettings:
         connection=mqtt_settings(config),
         qos=config.mqtt.qos,
         window=config.mqtt.inflight,
+        topics=topics(config),
         announcements=tuple(announcements(config)),
         batch=batch_settings(config),
     )
@@ -52,8 +53,8 @@ def batch_settings(config: GatewayConfig) -> BatchSettings | None:
     if batch is None:
         return None
     fields = config.topic_fields()
-    # Fill every placeholder but {source}, which the forwarder fills per message.
-    topic = batch.topic.replace("{source}", "\x00").format(**fields).replace("\x00", "{source}")
+    # Every placeholder but {source}, which the sink fills per message.
+    topic = fill_except(batch.topic, fields, "source")
     return BatchSettings(batch.max_values, batch.max_delay, topic, config.gateway.id)
 
 
@@ -66,3 +67,13 @@ def announcements(config: GatewayConfig) -> list[tuple[str, bytes]]:
         (config.mqtt.schema_topic.format(**fields, type=name), orjson.dumps(schema))
         for name, schema in all_schemas(config).items()
     ]
+
+
+def topics(config: GatewayConfig) -> Topics:
+    fields = config.topic_fields()
+    mqtt = config.mqtt
+    return Topics(
+        telemetry=fill_except(mqtt.topic, fields, "source", "tag"),
+        event=fill_except(mqtt.event_topic, fields, "type"),
+        gap=mqtt.gap_topic.format(**fields),
+    )

@@ -1,0 +1,118 @@
+"""Segments: the unit of storage. The messages of one source from one commit group, numbered
+with a contiguous seq range, stored as ONE row with their JSON compressed together.
+
+Per value, a row of its own cost an insert, an index entry, a claim and a delete (about 12 µs
+of SQLite work) and about 425 bytes of disk; a segment pays those once. 500 telemetry messages
+compress with zlib level 1 to about 51 bytes each (from 274) at 2-4 µs per value here, which
+is what lets a 2 GB outbox hold tens of millions of values through a broker outage.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple
+
+import orjson
+
+TELEMETRY = "telemetry"
+EVENT = "event"
+GAP = "gap"
+
+_COMPRESSION_LEVEL = 1  # level 6 saves about 10 % more disk for 3 times the CPU
+
+
+def kind_of(schema: str) -> str:
+    """The family of a message schema: `edgegw.telemetry/1` -> `telemetry`."""
+    return schema.removeprefix("edgegw.").split("/", 1)[0]
+
+
+def encode_items(items: Sequence[bytes]) -> bytes:
+    """Messages (JSON, one object each) to a segment's stored form. orjson never writes a raw
+    line break inside a JSON text, so one per message separates them."""
+    return zlib.compress(b"\n".join(items), _COMPRESSION_LEVEL)
+
+
+def decode_items(blob: bytes) -> list[bytes]:
+    return zlib.decompress(blob).split(b"\n")
+
+
+class Segment(NamedTuple):
+    """A stored segment, as claimed for sending: items `first_seq`..`last_seq`."""
+
+    first_seq: int
+    size: int  # messages in it
+    kind: str  # telemetry | event | gap | ...
+    source: str  # the source of its telemetry; "" for gateway-level messages
+    created: float  # wall clock when the gateway received its first value
+    source_ts: float  # the oldest source timestamp among its items (latency)
+    items: list[bytes]  # one JSON message per seq, seq included
+
+    @property
+    def last_seq(self) -> int:
+        return self.first_seq + self.size - 1
+
+
+class StoredEvent(NamedTuple):
+    """One message of a claimed segment (a named tuple: made per value, three times cheaper
+    than a frozen dataclass). Its id, schema and trace are in its JSON: `fields()` parses them
+    when a sink needs them one by one (batched sending does not)."""
+
+    seq: int
+    payload: bytes
+    kind: str
+    source: str
+    created: float
+    source_time: float  # when the value was taken at the source (events: when seen)
+
+    def fields(self) -> dict[str, Any]:
+        message: dict[str, Any] = orjson.loads(self.payload)
+        return message
+
+    @property
+    def id(self) -> str:
+        return str(self.fields()["id"])
+
+    @property
+    def schema(self) -> str:
+        return str(self.fields()["schema"])
+
+    @property
+    def trace(self) -> str:
+        return str(self.fields().get("trace", ""))
+
+
+def ranges_of(seqs: Iterable[int]) -> list[tuple[int, int]]:
+    """[1, 2, 3, 7, 8] -> [(1, 3), (7, 8)] (sorted first)."""
+    return merge_ranges((seq, seq) for seq in seqs)
+
+
+def merge_ranges(*groups: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The union of inclusive ranges, sorted, adjacent ones joined."""
+    merged: list[tuple[int, int]] = []
+    for first, last in sorted(r for group in groups for r in group):
+        if merged and first <= merged[-1][1] + 1:
+            if last > merged[-1][1]:
+                merged[-1] = (merged[-1][0], last)
+        else:
+            merged.append((first, last))
+    return merged
+
+
+def missing(ranges: Sequence[tuple[int, int]], first: int, last: int) -> list[tuple[int, int]]:
+    """The parts of first..last that merged `ranges` do not contain."""
+    out: list[tuple[int, int]] = []
+    at = first
+    for a, b in ranges:
+        if b < at:
+            continue
+        if a > last:
+            break
+        if a > at:
+            out.append((at, a - 1))
+        at = max(at, b + 1)
+        if at > last:
+            return out
+    if at <= last:
+        out.append((at, last))
+    return out

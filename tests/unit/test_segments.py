@@ -1,0 +1,45 @@
+"""Segments: ranges of seqs, and the stored form of their messages."""
+
+from __future__ import annotations
+
+import orjson
+
+from edgegw.outbox.segments import (
+    decode_items,
+    encode_items,
+    kind_of,
+    merge_ranges,
+    missing,
+    ranges_of,
+)
+
+
+def test_ranges_of_seqs_join_runs_in_any_order() -> None:
+    assert ranges_of([8, 1, 2, 3, 7, 3]) == [(1, 3), (7, 8)]
+    assert ranges_of([]) == []
+
+
+def test_merge_joins_overlapping_and_adjacent_ranges() -> None:
+    assert merge_ranges([(5, 9), (1, 2)], [(3, 4), (12, 12), (8, 10)]) == [(1, 10), (12, 12)]
+
+
+def test_missing_is_what_the_ranges_leave_of_a_span() -> None:
+    acked = [(1, 87), (90, 95), (103, 120)]
+    assert missing(acked, 88, 102) == [(88, 89), (96, 102)]
+    assert missing(acked, 1, 87) == []
+    assert missing([], 5, 6) == [(5, 6)]
+    assert missing(acked, 96, 96) == [(96, 96)]
+    assert missing([(1, 200)], 88, 102) == []
+
+
+def test_messages_come_back_byte_for_byte() -> None:
+    items = [orjson.dumps({"seq": n, "text": "line\nbreak", "id": f"k{n}"}) for n in range(300)]
+    blob = encode_items(items)
+    assert decode_items(blob) == items
+    assert len(blob) < sum(map(len, items)) / 4
+
+
+def test_kinds_are_schema_families() -> None:
+    assert kind_of("edgegw.telemetry/1") == "telemetry"
+    assert kind_of("edgegw.event/1") == "event"
+    assert kind_of("edgegw.gap/1") == "gap"
