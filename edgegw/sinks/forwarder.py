@@ -32,6 +32,8 @@ one client id reconnected about 1,700 times in 10 s, each taking the session fro
 FLAPPING_MAX_DELAY = 5.0
 """Cap of that delay: enough to turn a takeover fight into a few connects a minute, short
 enough that a link which keeps dropping (a bad switch port) still gets data through."""
+ACK_GATHER = 0.02
+"""Seconds acknowledgements gather before they are written (see _delete_acked_forever)."""
 INTAKE_LEAD = 5000
 """Rows intake may commit beyond what the forwarder sent, counted from the (re)connect, while
 the broker is up. Past it, intake waits for the forwarder: on a saturated CPU, reading every
@@ -334,6 +336,10 @@ class Forwarder:
     async def _delete_acked_forever(self) -> None:
         while True:
             await self._acks_ready.wait()
+            # Let acknowledgements gather: one transaction for hundreds of them. Writing each
+            # handful as it came took a SELECT and a script on the SQLite thread every few
+            # PUBACKs (15 % of the gateway's CPU at 13,000 messages/s, one per value).
+            await asyncio.sleep(ACK_GATHER)
             self._acks_ready.clear()
             try:
                 await self._flush_acks()
