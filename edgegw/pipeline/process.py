@@ -29,15 +29,20 @@ class Pipeline:
         self.events = EventDetector(config)
         self.quarantined = 0  # quarantine records opened (telemetry and events), since start
 
-    def carry_from(self, old: Pipeline) -> None:
+    def carry_from(self, old: Pipeline) -> list[QuarantineRecord]:
         """After a reload: counters, last published values, and the last value of every tag
         (edge triggers compare with it). Sequence rules start afresh: the first value after a
         reload is accepted as a start, as after a restart; a violation still open goes on in
-        its record."""
+        its record. Returns the last updates of violations whose tag lost its rule."""
         self.quarantined = old.quarantined
-        self.rules.carry_from(old.rules)
+        ended = self.rules.carry_from(old.rules)
         self.telemetry.carry_from(old.telemetry)
         self.events.carry_from(old.events)
+        return [old._record(violation) for violation in ended]
+
+    def flush(self) -> list[QuarantineRecord]:
+        """At a stop: the counts of lasting violations not written yet, for the outbox."""
+        return [self._record(violation) for violation in self.rules.flush()]
 
     def process(self, readings: list[Reading]) -> tuple[list[PendingEvent], list[QuarantineRecord]]:
         readings = _finite(readings)

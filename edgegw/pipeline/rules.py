@@ -76,13 +76,32 @@ class TagRules:
                     transitions.get(ref),
                 )
 
-    def carry_from(self, old: TagRules) -> None:
+    def carry_from(self, old: TagRules) -> list[Violation]:
         """After a reload: a violation still open goes on in the same record (if the tag's
-        value breaks the same rule under the new config). Sequences start afresh."""
+        value breaks the same rule under the new config). Sequences start afresh. Returns
+        what the violations of tags without rules now had not written yet."""
         for key, rule in self._rules.items():
             before = old._rules.get(key)
             if before is not None:
                 rule.lasting = before.lasting
+        return [
+            update
+            for key, rule in old._rules.items()
+            if key not in self._rules and rule.lasting is not None
+            for update in (rule.lasting.update(),)
+            if update is not None
+        ]
+
+    def flush(self) -> list[Violation]:
+        """At a stop: what the violations still open have not written yet (their records go
+        on counting after the next start)."""
+        return [
+            update
+            for rule in self._rules.values()
+            if rule.lasting is not None
+            for update in (rule.lasting.update(),)
+            if update is not None
+        ]
 
     def apply(self, readings: list[Reading]) -> tuple[list[Reading], list[Violation]]:
         """The readings to publish (violations turned bad) and the violations: one that

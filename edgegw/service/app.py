@@ -150,6 +150,7 @@ class Gateway:
                         self.intake.qsize(),
                     )
                 committer.cancel()
+                await self._commit_lasting(self.pipeline.flush())
                 expirer.cancel()
                 notifier.cancel()
                 if syncer is not None:
@@ -251,8 +252,9 @@ class Gateway:
             except TimeoutError:
                 log.warning("reload: intake still busy after %g s", self.shutdown_grace)
             pipeline = Pipeline(new)
-            pipeline.carry_from(self.pipeline)
+            ended = pipeline.carry_from(self.pipeline)
             self.pipeline = pipeline
+            await self._commit_lasting(ended)
         self.config = new
         kept = {s.name: s for s in self.sources if s.name not in stopping}
         self.sources = [kept.get(c.name) or build_source(c) for c in new.sources]
@@ -324,6 +326,20 @@ class Gateway:
                         event.trace,
                         extra={"trace": event.trace},
                     )
+
+    async def _commit_lasting(self, records: list[QuarantineRecord]) -> None:
+        """The counts of lasting violations not written yet (at a stop, or a reload that takes
+        a tag's rule away), bounded like the rest of the stop."""
+        if not records:
+            return
+        try:
+            await asyncio.wait_for(self.outbox.append([], records), self.shutdown_grace)
+        except (TimeoutError, OutboxError) as exc:
+            log.error(
+                "the last counts of %d lasting violation(s) are not written: %s",
+                len(records),
+                exc or "the outbox did not answer in time",
+            )
 
     async def _commit(self, events: list[PendingEvent], held: list[QuarantineRecord]) -> None:
         """Commit, or hold intake until the outbox takes data again (disk full, I/O error):

@@ -191,3 +191,37 @@ def test_a_lasting_violation_is_one_record_updated_every_10_s_and_at_its_end() -
     after += reloaded.process([reading("level", 1, ts=1032.0)])[1]
     assert [(r.continues, r.count, r.value, r.ts) for r in after] == [(True, 1, 8, 1030.0)]
     assert reloaded.quarantined == 2
+
+
+def test_a_stop_writes_what_a_lasting_violation_has_not_written_yet() -> None:
+    from edgegw.pipeline.process import Pipeline
+
+    config = validate_document(GatewayConfig, load_yaml_text(LEVEL_CONFIG))
+    pipeline = Pipeline(config)
+    records = []
+    for at in range(14):  # opened at 1000, written at 1010, 3 more pending at the stop
+        records += pipeline.process([reading("level", 4 + at % 3, ts=1000.0 + at)])[1]
+    records += pipeline.flush()
+    assert [(r.continues, r.count, r.last_ts) for r in records] == [
+        (False, 1, 1000.0),
+        (True, 10, 1010.0),
+        (True, 3, 1013.0),
+    ]
+    assert sum(r.count for r in records) == 14  # in: 14 violating values; out: all counted
+    assert pipeline.flush() == []  # written once
+
+
+def test_a_reload_that_takes_a_rule_away_writes_its_violation_s_last_count() -> None:
+    from edgegw.pipeline.process import Pipeline
+
+    config = validate_document(GatewayConfig, load_yaml_text(LEVEL_CONFIG))
+    pipeline = Pipeline(config)
+    opened = pipeline.process([reading("level", 7, ts=1000.0)])[1]
+    pipeline.process([reading("level", 8, ts=1001.0)])
+    pipeline.process([reading("level", 9, ts=1002.0)])
+    unruled = validate_document(
+        GatewayConfig, load_yaml_text(LEVEL_CONFIG.replace(", max: 3}", "}"))
+    )
+    reloaded = Pipeline(unruled)
+    ended = reloaded.carry_from(pipeline)
+    assert [(r.continues, r.count, r.value, r.key) for r in ended] == [(True, 2, 9, opened[0].key)]
