@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import fnmatch
 import string
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Annotated, Literal, Protocol
 from urllib.parse import urlsplit
 
@@ -232,6 +234,52 @@ class MqttSection(StrictModel):
         return urlsplit(self.url).port or (8883 if self.secure else 1883)
 
 
+SINK_KINDS = ("telemetry", "event", "gap")
+
+
+class SelectSection(StrictModel):
+    """What a sink takes; without `select` (or a key of it) it takes everything."""
+
+    kinds: list[Literal["telemetry", "event", "gap"]] | None = Field(
+        default=None, min_length=1, description="Message kinds: telemetry, event, gap."
+    )
+    sources: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="Telemetry of these sources only (shell patterns, e.g. 'press-*'); "
+        "business events and gap messages have no source and are not filtered by it.",
+    )
+
+    def matches(self, kind: str, source: str) -> bool:
+        if self.kinds is not None and kind not in self.kinds:
+            return False
+        if self.sources is None or kind != "telemetry":
+            return True
+        return any(fnmatch.fnmatchcase(source, pattern) for pattern in self.sources)
+
+
+class MqttSinkSection(MqttSection):
+    """One entry of `sinks:` of type mqtt: the keys of the `mqtt:` section, and a name."""
+
+    name: Name = Field(description="The sink's name: in metrics, health and logs; unique.")
+    type: Literal["mqtt"] = Field(description="The kind of sink: mqtt.")
+    select: SelectSection | None = Field(
+        default=None, description="What this sink takes: {kinds: [...], sources: [...]}."
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class NamedSink:
+    """A sink of the config: an entry of `sinks:`, or the `mqtt:` section (named mqtt)."""
+
+    name: str
+    type: str
+    section: MqttSection
+    select: SelectSection | None
+    client_id: str
+    path: tuple[str | int, ...]  # where it is in the file, for messages
+
+
 class OutboxSection(StrictModel):
     synchronous: Literal["full", "normal", "extra"] = Field(
         default="full",
@@ -277,7 +325,16 @@ class GatewayConfig(StrictModel):
     """The whole configuration file."""
 
     gateway: GatewaySection
-    mqtt: MqttSection = Field(default_factory=MqttSection)
+    mqtt: MqttSection = Field(
+        default_factory=MqttSection,
+        description="The MQTT broker: a sink named 'mqtt' (when given, or when there is no "
+        "'sinks:').",
+    )
+    sinks: list[MqttSinkSection] = Field(
+        default_factory=list,
+        description="Where messages go, several at once, each with its own delivery state: "
+        "[{name, type: mqtt, url, ..., select: {kinds, sources}}].",
+    )
     outbox: OutboxSection = Field(default_factory=OutboxSection)
     http: HttpSection | None = Field(
         default=None, description="Local HTTP endpoint for Prometheus metrics and health."
@@ -310,28 +367,70 @@ class GatewayConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check_placeholders_defined(self) -> GatewayConfig:
-        for template, what in (
-            (self.mqtt.topic, "mqtt.topic"),
-            (self.mqtt.status_topic, "mqtt.status_topic"),
-            (self.mqtt.gap_topic, "mqtt.gap_topic"),
-            *([(self.mqtt.batch.topic, "mqtt.batch.topic")] if self.mqtt.batch else []),
-            *(
-                # Only used when there are events: a telemetry-only config need not set site.
-                [
-                    (self.mqtt.event_topic, "mqtt.event_topic"),
-                    (self.mqtt.schema_topic, "mqtt.schema_topic"),
-                ]
-                if self.events
-                else []
-            ),
-        ):
-            for level in ("site", "area", "line"):
-                if "{" + level + "}" in template and getattr(self.gateway, level) is None:
-                    raise ValueError(
-                        f"{what} uses {{{level}}} but gateway.{level} is not set; set it or "
-                        "drop the placeholder"
-                    )
+        for sink in self.sink_list():
+            mqtt = sink.section
+            at = "mqtt" if sink.path == ("mqtt",) else f"sinks[{sink.path[1]}]"
+            for template, what in (
+                (mqtt.topic, f"{at}.topic"),
+                (mqtt.status_topic, f"{at}.status_topic"),
+                (mqtt.gap_topic, f"{at}.gap_topic"),
+                *([(mqtt.batch.topic, f"{at}.batch.topic")] if mqtt.batch else []),
+                *(
+                    # Only used when there are events: a telemetry-only config need not set
+                    # site.
+                    [
+                        (mqtt.event_topic, f"{at}.event_topic"),
+                        (mqtt.schema_topic, f"{at}.schema_topic"),
+                    ]
+                    if self.events
+                    else []
+                ),
+            ):
+                for level in ("site", "area", "line"):
+                    if "{" + level + "}" in template and getattr(self.gateway, level) is None:
+                        raise ValueError(
+                            f"{what} uses {{{level}}} but gateway.{level} is not set; set it "
+                            "or drop the placeholder"
+                        )
         return self
+
+    @model_validator(mode="after")
+    def _check_sinks(self) -> GatewayConfig:
+        """One name per sink; one client id per broker (two clients with one id knock each
+        other off the broker in turn)."""
+        seen: dict[str, str] = {}
+        clients: dict[tuple[str, int, str], str] = {}
+        for sink in self.sink_list():
+            if sink.name in seen:
+                raise ValueError(
+                    f"two sinks are named '{sink.name}' ({seen[sink.name]} and "
+                    f"{_where(sink.path)}); sink names must be unique (the mqtt: section is "
+                    "the sink named 'mqtt')"
+                )
+            seen[sink.name] = _where(sink.path)
+            broker = (sink.section.host, sink.section.port, sink.client_id)
+            if broker in clients:
+                raise ValueError(
+                    f"sinks '{clients[broker]}' and '{sink.name}' connect to "
+                    f"{sink.section.host}:{sink.section.port} with one client id "
+                    f"'{sink.client_id}'; each would take the other's session over: give one "
+                    "its own client_id"
+                )
+            clients[broker] = sink.name
+        return self
+
+    def sink_list(self) -> list[NamedSink]:
+        """Every sink, in order: the `mqtt:` section first (named mqtt) when it is given or
+        when there is no `sinks:`, then the entries of `sinks:`."""
+        out: list[NamedSink] = []
+        if "mqtt" in self.model_fields_set or not self.sinks:
+            mqtt = self.mqtt
+            client = mqtt.client_id or f"edgegw-{self.gateway.id}"
+            out.append(NamedSink("mqtt", "mqtt", mqtt, None, client, ("mqtt",)))
+        for index, sink in enumerate(self.sinks):
+            client = sink.client_id or f"edgegw-{self.gateway.id}-{sink.name}"
+            out.append(NamedSink(sink.name, sink.type, sink, sink.select, client, ("sinks", index)))
+        return out
 
     def data_sources(self) -> list[DataSource]:
         """Every `source` telemetry can carry, with its tags: a source, or each device of a
@@ -351,3 +450,7 @@ class GatewayConfig(StrictModel):
     def topic_fields(self) -> dict[str, str]:
         g = self.gateway
         return {"site": g.site or "", "area": g.area or "", "line": g.line or "", "gateway": g.id}
+
+
+def _where(path: tuple[str | int, ...]) -> str:
+    return "mqtt:" if path == ("mqtt",) else f"sinks[{path[1]}]"

@@ -7,9 +7,11 @@ import contextlib
 import logging
 import signal
 import time
+from collections.abc import Callable
+from typing import Any
 
 from edgegw import __version__
-from edgegw.config.model import GatewayConfig
+from edgegw.config.model import GatewayConfig, NamedSink
 from edgegw.errors import ConfigError, EdgeGwError, OutboxError
 from edgegw.outbox.quarantine import QuarantineRecord
 from edgegw.outbox.store import NORMAL_SYNC_INTERVAL, Outbox, PendingEvent
@@ -52,6 +54,7 @@ class Gateway:
         self.config = config
         self.config_path = config_path  # what SIGHUP reads again; None: no reload
         self.shutdown_grace = shutdown_grace
+        self.sinks = config.sink_list()
         self.outbox = Outbox(
             config.outbox_path,
             synchronous=config.outbox.synchronous,
@@ -60,11 +63,22 @@ class Gateway:
             max_bytes=config.outbox.max_bytes,
             gateway=config.gateway.id,
             gap_topic=config.mqtt.gap_topic.format(**config.topic_fields()),
+            sinks={sink.name: _selector(sink) for sink in self.sinks},
         )
-        self.sink_settings = mqtt_sink_settings(config)
-        self.forwarder = Forwarder(
-            self.outbox, self._mqtt_sink(self.sink_settings), drain_grace=shutdown_grace
-        )
+        self.sink_settings = {sink.name: mqtt_sink_settings(config, sink) for sink in self.sinks}
+        self.forwarders = [
+            Forwarder(
+                self.outbox,
+                self._mqtt_sink(sink.name, self.sink_settings[sink.name]),
+                drain_grace=shutdown_grace,
+            )
+            for sink in self.sinks
+        ]
+        for sink, forwarder in zip(self.sinks, self.forwarders, strict=True):
+            # A sink that selects part of the stream sends less than is committed: its lead
+            # says nothing about overload.
+            forwarder.throttle_intake = sink.select is None
+        self.forwarder = self.forwarders[0]
         self.pipeline = Pipeline(config)
         self.sources: list[Source] = [build_source(source) for source in config.sources]
         self.intake = IntakeQueue(INTAKE_MAX_READINGS)
@@ -109,7 +123,10 @@ class Gateway:
         try:
             async with asyncio.TaskGroup() as group:
                 self._group = group
-                group.create_task(self.forwarder.run(forwarder_stop), name="forwarder")
+                for forwarder in self.forwarders:
+                    group.create_task(
+                        forwarder.run(forwarder_stop), name=f"forwarder:{forwarder.sink.name}"
+                    )
                 committer = group.create_task(self._commit_forever(), name="committer")
                 expirer = group.create_task(self._expire_forever(), name="retention")
                 syncer = (
@@ -137,7 +154,8 @@ class Gateway:
                 await self.stop_requested.wait()
                 log.info("stopping: sources first, then the outbox, then the broker")
                 self.notifier.stopping(f"stopping; {self.status_line()}")
-                self.forwarder.release_intake()
+                for forwarder in self.forwarders:
+                    forwarder.release_intake()
                 await _cancel_until_gone([reloader])  # no reload starts sources from here on
                 await _cancel_until_gone(list(self._readers.values()))
                 try:
@@ -169,7 +187,7 @@ class Gateway:
             log.info(
                 "gateway stopped committed=%d published=%d",
                 self.committed,
-                self.forwarder.status.published,
+                self.published,
             )
 
     def _start_source(self, source: Source) -> None:
@@ -214,7 +232,14 @@ class Gateway:
                     f"{', '.join(changes.needs_restart)} changed, which takes a restart "
                     "(systemctl restart edgegw)",
                 )
-            settings = mqtt_sink_settings(new)
+            if _sink_shapes(new) != _sink_shapes(self.config):
+                return self._refused(
+                    path,
+                    digest,
+                    "the sinks (their names, types or select) changed, which takes a restart "
+                    "(systemctl restart edgegw)",
+                )
+            settings = {sink.name: mqtt_sink_settings(new, sink) for sink in new.sink_list()}
             changes.mqtt = changes.mqtt or settings != self.sink_settings
             await self._apply(new, changes, settings)
             self.reloads["applied"] += 1
@@ -241,7 +266,7 @@ class Gateway:
         return False
 
     async def _apply(
-        self, new: GatewayConfig, changes: ConfigChanges, settings: MqttSinkSettings
+        self, new: GatewayConfig, changes: ConfigChanges, settings: dict[str, MqttSinkSettings]
     ) -> None:
         stopping = [*changes.removed, *changes.changed]
         await _cancel_until_gone([self._readers.pop(name) for name in stopping])
@@ -267,12 +292,15 @@ class Gateway:
             self.outbox.max_bytes = new.outbox.max_bytes
         if changes.mqtt:
             self.outbox.gap_topic = new.mqtt.gap_topic.format(**new.topic_fields())
+            for forwarder in self.forwarders:
+                name = forwarder.sink.name
+                if settings[name] != self.sink_settings[name]:
+                    forwarder.reconfigure(self._mqtt_sink(name, settings[name]))
             self.sink_settings = settings
-            self.forwarder.reconfigure(self._mqtt_sink(settings))
 
     @staticmethod
-    def _mqtt_sink(settings: MqttSinkSettings) -> MakeSink:
-        return lambda on_result: MqttSink(settings, on_result)
+    def _mqtt_sink(name: str, settings: MqttSinkSettings) -> MakeSink:
+        return lambda on_result: MqttSink(settings, on_result, name=name)
 
     async def _read_forever(self, source: Source) -> None:
         # Sources turn device faults into bad readings; anything escaping is a bug in a source,
@@ -289,7 +317,8 @@ class Gateway:
     async def _commit_forever(self) -> None:
         """Build telemetry and commit it in groups: what arrives during a commit joins the next."""
         while True:
-            await self.forwarder.wait_for_room()
+            for forwarder in self.forwarders:
+                await forwarder.wait_for_room()
             batches = [await self.intake.get()]
             events, held = self.pipeline.process(batches[0])
             while len(events) < COMMIT_MAX_EVENTS and not self.intake.empty():
@@ -387,22 +416,32 @@ class Gateway:
             reloads=dict(self.reloads),
             rates=dict(self.rates),
             outbox=await self.outbox.health(),
-            sinks=(self.forwarder.health(),),
+            sinks=tuple(forwarder.health() for forwarder in self.forwarders),
             sources=tuple(source.health(now) for source in self.sources),
         )
+
+    @property
+    def published(self) -> int:
+        """Messages acknowledged, summed over the sinks."""
+        return sum(forwarder.status.published for forwarder in self.forwarders)
 
     def status_line(self) -> str:
         """One line for systemd's STATUS= (shown by `systemctl status edgegw`)."""
         up = sum(source.status.connected for source in self.sources)
-        broker = "up" if self.forwarder.status.broker_up else "down"
+        sinks_up = sum(f.status.broker_up for f in self.forwarders)
+        broker = (
+            ("up" if sinks_up else "down")
+            if len(self.forwarders) == 1
+            else f"{sinks_up}/{len(self.forwarders)} sinks up"
+        )
         return (
             f"{up}/{len(self.sources)} sources up, broker {broker}, outbox {self.outbox.depth}, "
-            f"{self.forwarder.status.published} published"
+            f"{self.published} published"
         )
 
     def _update_rates(self, counters: dict[str, float], elapsed: float) -> dict[str, float]:
         now = {
-            "published": float(self.forwarder.status.published),
+            "published": float(self.published),
             "committed": float(self.committed),
         }
         for source in self.sources:
@@ -497,3 +536,14 @@ async def run_gateway(config: GatewayConfig, config_path: str | None = None) -> 
         for signum in handlers:
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(signum)
+
+
+def _selector(sink: NamedSink) -> Callable[[str, str], bool]:
+    select = sink.select
+    if select is None:
+        return lambda _kind, _source: True
+    return select.matches
+
+
+def _sink_shapes(config: GatewayConfig) -> list[tuple[str, str, Any]]:
+    return [(sink.name, sink.type, sink.select) for sink in config.sink_list()]

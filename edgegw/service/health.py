@@ -49,7 +49,10 @@ class GatewayHealth:
                 if d.breaker_open
             )
         failing.extend(
-            f"broker: {sink.last_error or 'not connected'}" for sink in self.sinks if not sink.up
+            f"{'broker' if sink.name == 'mqtt' else 'sink ' + sink.name}: "
+            f"{sink.last_error or 'not connected'}"
+            for sink in self.sinks
+            if not sink.up
         )
         if self.alarm:
             failing.append(f"outbox: {self.alarm}")

@@ -38,6 +38,10 @@ FAMILIES: dict[str, str] = {
     "edgegw_quarantined_total": "counter",
     "edgegw_broker_up": "gauge",
     "edgegw_broker_connects_total": "counter",
+    "edgegw_sink_up": "gauge",
+    "edgegw_sink_published_total": "counter",
+    "edgegw_sink_refused_total": "counter",
+    "edgegw_sink_connects_total": "counter",
     "edgegw_e2e_latency_seconds": "histogram",
     "edgegw_source_up": "gauge",
     "edgegw_reads_total": "counter",
@@ -133,12 +137,27 @@ def render_metrics(health: GatewayHealth) -> str:
         "Values and events held back by a contract.",
         health.quarantined,
     )
-    one("edgegw_broker_up", "1 while connected to the broker.", all(s.up for s in sinks))
+    one("edgegw_broker_up", "1 while every sink is connected.", all(s.up for s in sinks))
     one(
         "edgegw_broker_connects_total",
         "Successful connections to the broker (more than 1: reconnects).",
         sum(sink.connects for sink in sinks),
     )
+    for family, help_text, value_of in (
+        ("edgegw_sink_up", "1 while the sink is connected.", lambda s: 1 if s.up else 0),
+        ("edgegw_sink_published_total", "Messages the sink acknowledged.", lambda s: s.published),
+        (
+            "edgegw_sink_refused_total",
+            "Messages the sink refused; they stay in the outbox.",
+            lambda s: s.refused,
+        ),
+        ("edgegw_sink_connects_total", "Connections the sink made.", lambda s: s.connects),
+    ):
+        metric(
+            family,
+            help_text,
+            [(f'{{sink="{_escape(sink.name)}"}}', value_of(sink)) for sink in sinks],
+        )
     name = "edgegw_e2e_latency_seconds"
     lines.append(f"# HELP {name} Source timestamp to broker acknowledgement, per value.")
     lines.append(f"# TYPE {name} histogram")
@@ -243,6 +262,17 @@ def health_document(health: GatewayHealth) -> dict[str, Any]:
             "last_error": sink.last_error,
             "published": sink.published,
             "published_per_second": rates.get("published", 0.0),
+        },
+        "sinks": {
+            s.name: {
+                "up": s.up,
+                "address": s.address,
+                "connects": s.connects,
+                "last_error": s.last_error,
+                "published": s.published,
+                "refused": s.refused,
+            }
+            for s in health.sinks
         },
         "outbox": {
             "depth": outbox.depth,

@@ -251,7 +251,7 @@ class Forwarder:
                 self.outbox.appended.clear()
                 room = sink.room()
                 if room > 0 and more and len(ready) < refill:
-                    rows = await self.outbox.claim(cursor, page)
+                    rows = await self.outbox.claim(cursor, page, sink.name)
                     more = len(rows) == page
                     if rows:
                         cursor = rows[-1].seq
@@ -368,7 +368,7 @@ class Forwarder:
             return
         batch, self._acked = self._acked, []
         try:
-            await self.outbox.delete_acknowledged(batch)
+            await self.outbox.delete_acknowledged(batch, self.sink.name)
         except BaseException:
             # Also on cancellation at shutdown: the final flush deletes them, so the next
             # start does not send them again.
