@@ -9,7 +9,7 @@ import pytest
 
 from simulators.modbus_plc import ModbusPlc
 from simulators.opcua_plc import OpcUaPlc
-from tests.support.broker import Mosquitto
+from tests.support.broker import Mosquitto, running_mosquitto
 from tests.support.gateway import GatewayProcess
 from tests.support.subscriber import Subscriber
 from tests.support.tasks import cancel_leftover_tasks
@@ -43,12 +43,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
 @pytest.fixture
 def mosquitto() -> Iterator[Mosquitto]:
     """A fresh Mosquitto on a free 127.0.0.1 port, stopped after the test."""
-    broker = Mosquitto()
-    broker.start()
-    try:
+    with running_mosquitto() as broker:
         yield broker
-    finally:
-        broker.cleanup()
 
 
 @pytest.fixture

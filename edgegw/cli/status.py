@@ -85,6 +85,14 @@ def render_status(state: dict[str, Any]) -> str:
         f", {outbox['committed']} committed ({outbox['committed_per_second']:g}/s), "
         f"{outbox['dropped']} dropped, {outbox['quarantined']} quarantined",
     ]
+    sinks = state.get("sinks", {})
+    for name, sink in sinks.items() if len(sinks) > 1 else ():
+        lines.insert(
+            -1,
+            f"sink     {name}  {sink['address']}  {'up' if sink['up'] else 'DOWN'}  "
+            f"{sink['published']} published  {sink['refused']} refused  "
+            f"{sink['connects']} connects",
+        )
     if outbox["alarm"]:
         lines.append(f"         ALARM {outbox['alarm']}")
     if broker["last_error"] and not broker["up"]:

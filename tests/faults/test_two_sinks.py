@@ -14,7 +14,7 @@ import pytest
 from edgegw.outbox.store import read_stats, read_waiting
 from simulators.modbus_plc import ModbusPlc
 from tests.faults.conftest import FaultReport
-from tests.support.broker import Mosquitto
+from tests.support.broker import Mosquitto, running_mosquitto
 from tests.support.gateway import GatewayProcess, bench_tags, config_dict, write_config
 from tests.support.ledger import Tally, telemetry
 from tests.support.proxy import CuttableProxy
@@ -29,12 +29,9 @@ SINKS = ("mqtt", "second")
 
 @pytest.fixture
 def second_broker() -> Iterator[Mosquitto]:
-    broker = Mosquitto()
-    broker.start()
-    try:
+    """A broker of its own for the second sink."""
+    with running_mosquitto() as broker:
         yield broker
-    finally:
-        broker.cleanup()
 
 
 def two_sink_config(

@@ -24,6 +24,8 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -285,3 +287,14 @@ class Mosquitto:
 
     def __exit__(self, *exc: object) -> None:
         self.cleanup()
+
+
+@contextmanager
+def running_mosquitto() -> Iterator[Mosquitto]:
+    """A fresh Mosquitto on a free 127.0.0.1 port, stopped and removed on the way out."""
+    broker = Mosquitto()
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.cleanup()
