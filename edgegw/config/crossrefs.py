@@ -1,4 +1,5 @@
-"""Checks across sections: events and sequences name tags that exist, with values they have."""
+"""Checks across sections: events and sequences name tags that exist, with values they have;
+sinks have names of their own and one client id per broker."""
 
 from __future__ import annotations
 
@@ -103,3 +104,51 @@ def _fits(value: Any, kind: str) -> bool:
     if kind == "string":
         return isinstance(value, str)
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def sink_issues(doc: YamlDocument, config: GatewayConfig) -> list[ConfigIssue]:
+    """One name per sink (the `mqtt:` section is the sink named mqtt); one client id per broker:
+    two clients with one id take each other's session over, in turn, forever."""
+    issues: list[ConfigIssue] = []
+    names: dict[str, Loc] = {}
+    clients: dict[tuple[str, int, str], tuple[str, Loc]] = {}
+    for sink in config.sink_list():
+        name_loc: Loc = (*sink.path, "name") if sink.path != ("mqtt",) else sink.path
+        first = names.get(sink.name)
+        if first is not None:
+            issues.append(
+                _issue(
+                    doc,
+                    name_loc,
+                    f"a second sink named '{sink.name}' (the first at {_line(doc, first)}); sink "
+                    "names must be unique, and the mqtt: section is the sink named 'mqtt'",
+                )
+            )
+        names.setdefault(sink.name, name_loc)
+        broker = (sink.section.host, sink.section.port, sink.client_id)
+        other = clients.get(broker)
+        if other is not None:
+            client_loc: Loc = (*sink.path, "client_id")
+            if client_loc not in doc.value_marks:
+                client_loc = name_loc
+            issues.append(
+                _issue(
+                    doc,
+                    client_loc,
+                    f"sinks '{other[0]}' and '{sink.name}' connect to {sink.section.host}:"
+                    f"{sink.section.port} with one client id '{sink.client_id}'; each would "
+                    "take the other's session over: give one its own client_id",
+                )
+            )
+        clients.setdefault(broker, (sink.name, name_loc))
+    return issues
+
+
+def _issue(doc: YamlDocument, loc: Loc, message: str) -> ConfigIssue:
+    mark = doc.value_marks.get(loc) or doc.key_marks.get(loc)
+    return ConfigIssue(doc.path, mark, loc_to_path(loc), message)
+
+
+def _line(doc: YamlDocument, loc: Loc) -> str:
+    mark = doc.key_marks.get(loc) or doc.value_marks.get(loc)
+    return f"line {mark.line}" if mark else loc_to_path(loc)

@@ -9,7 +9,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from edgegw.config.crossrefs import reference_issues
+from edgegw.config.crossrefs import reference_issues, sink_issues
 from edgegw.config.diagnostics import loc_to_path, validate_document
 from edgegw.config.envsubst import expand_env
 from edgegw.config.issues import ConfigIssue
@@ -37,7 +37,7 @@ def load_config(
         # Merge with the model's findings, keeping one summary line at the end.
         issues = sorted([*exc.issues, *duplicates], key=lambda issue: issue.position)
         raise ConfigError(issues) from None
-    problems = duplicates + reference_issues(doc, config)
+    problems = duplicates + reference_issues(doc, config) + sink_issues(doc, config)
     if problems:
         problems.sort(key=lambda issue: issue.position)
         raise ConfigError(problems)

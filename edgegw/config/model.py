@@ -394,31 +394,6 @@ class GatewayConfig(StrictModel):
                         )
         return self
 
-    @model_validator(mode="after")
-    def _check_sinks(self) -> GatewayConfig:
-        """One name per sink; one client id per broker (two clients with one id knock each
-        other off the broker in turn)."""
-        seen: dict[str, str] = {}
-        clients: dict[tuple[str, int, str], str] = {}
-        for sink in self.sink_list():
-            if sink.name in seen:
-                raise ValueError(
-                    f"two sinks are named '{sink.name}' ({seen[sink.name]} and "
-                    f"{_where(sink.path)}); sink names must be unique (the mqtt: section is "
-                    "the sink named 'mqtt')"
-                )
-            seen[sink.name] = _where(sink.path)
-            broker = (sink.section.host, sink.section.port, sink.client_id)
-            if broker in clients:
-                raise ValueError(
-                    f"sinks '{clients[broker]}' and '{sink.name}' connect to "
-                    f"{sink.section.host}:{sink.section.port} with one client id "
-                    f"'{sink.client_id}'; each would take the other's session over: give one "
-                    "its own client_id"
-                )
-            clients[broker] = sink.name
-        return self
-
     def sink_list(self) -> list[NamedSink]:
         """Every sink, in order: the `mqtt:` section first (named mqtt) when it is given or
         when there is no `sinks:`, then the entries of `sinks:`."""
@@ -450,7 +425,3 @@ class GatewayConfig(StrictModel):
     def topic_fields(self) -> dict[str, str]:
         g = self.gateway
         return {"site": g.site or "", "area": g.area or "", "line": g.line or "", "gateway": g.id}
-
-
-def _where(path: tuple[str | int, ...]) -> str:
-    return "mqtt:" if path == ("mqtt",) else f"sinks[{path[1]}]"
