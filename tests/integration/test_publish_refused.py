@@ -23,7 +23,7 @@ import pytest
 from edgegw.outbox.store import read_stats, read_waiting
 from edgegw.service.app import Gateway
 from simulators.modbus_plc import ModbusPlc
-from tests.support.broker import Mosquitto
+from tests.support.broker import Mosquitto, running_mosquitto
 from tests.support.gateway import bench_tags, config_dict, running_gateway
 from tests.support.http import get, metric
 from tests.support.proxy import CuttableProxy
@@ -43,12 +43,8 @@ WAIT = 30.0  # seconds for anything that needs a few polls and publishes (100 ms
 
 @pytest.fixture
 def acl_broker() -> Iterator[Mosquitto]:
-    broker = Mosquitto(acl=ACL)
-    broker.start()
-    try:
+    with running_mosquitto(acl=ACL) as broker:
         yield broker
-    finally:
-        broker.cleanup()
 
 
 def gateway_config(state: Path, broker: Mosquitto, plc: ModbusPlc) -> dict[str, Any]:
@@ -215,3 +211,46 @@ async def test_kept_rows_arrive_once_the_rule_is_lifted(
     late = sorted(refused_seqs - set(received(sub, DENIED)))
     assert not late, f"refused rows never delivered after the lift: {late[:10]}"
     assert not refused_seqs & set(waiting)
+
+
+async def test_a_refusing_sink_holds_back_no_other(
+    tmp_path: Path, mosquitto: Mosquitto, plc: ModbusPlc
+) -> None:
+    """Two sinks: one broker refuses r1 (PUBACK 0x87), the other takes everything. The refused
+    messages wait in the outbox for the refusing sink alone; the other sink keeps receiving
+    r1 and r0 as they come, and nothing waits for it once the gateway stopped cleanly."""
+    data = gateway_config(tmp_path / "state", mosquitto, plc)
+    with running_mosquitto(acl=ACL) as strict_broker:
+        data["sinks"] = [
+            {"name": "strict", "type": "mqtt", "url": f"mqtt://127.0.0.1:{strict_broker.port}"}
+        ]
+        with (
+            Subscriber(mosquitto.port, "s/a/l/#") as open_sub,
+            Subscriber(strict_broker.port, "s/a/l/#") as strict_sub,
+        ):
+            async with running_gateway(data) as gateway:
+                outbox = gateway.config.outbox_path
+                strict = next(f for f in gateway.forwarders if f.sink.name == "strict")
+                await until(lambda: strict.status.refused >= 10, WAIT, "10 refusals (strict)")
+                seen = len(received(open_sub, DENIED))
+                await until(
+                    lambda: len(received(open_sub, DENIED)) > seen + 10,
+                    WAIT,
+                    "r1 still arriving through the other sink",
+                )
+                assert all(f.status.broker_up for f in gateway.forwarders)
+            last = read_stats(outbox, ("mqtt", "strict")).last_seq
+            waiting_open = {m["seq"] for m in read_waiting(outbox, "mqtt")}
+            await until(
+                lambda: (
+                    set(range(1, last + 1)) - waiting_open
+                    <= set(received(open_sub, ALLOWED)) | set(received(open_sub, DENIED))
+                ),
+                WAIT,
+                "every seq the open sink acknowledged, received",
+            )
+            waiting_strict = read_waiting(outbox, "strict")
+    assert not received(strict_sub, DENIED)
+    # What waits for the strict sink is r1 (refused) and whatever the stop left in flight.
+    assert {m["tag"] for m in waiting_strict} >= {"r1"}
+    assert len(waiting_open) < len(waiting_strict)

@@ -290,9 +290,10 @@ class Mosquitto:
 
 
 @contextmanager
-def running_mosquitto() -> Iterator[Mosquitto]:
-    """A fresh Mosquitto on a free 127.0.0.1 port, stopped and removed on the way out."""
-    broker = Mosquitto()
+def running_mosquitto(*, acl: str | None = None) -> Iterator[Mosquitto]:
+    """A fresh Mosquitto on a free 127.0.0.1 port (with an acl_file if `acl` is given),
+    stopped and removed on the way out."""
+    broker = Mosquitto(acl=acl)
     broker.start()
     try:
         yield broker
