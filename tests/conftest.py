@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -58,6 +59,16 @@ StartModbusPlc = Callable[..., Awaitable[ModbusPlc]]
 StartOpcUaPlc = Callable[..., Awaitable[OpcUaPlc]]
 
 
+@asynccontextmanager
+async def _stopped_after(started: list[Any]) -> AsyncIterator[None]:
+    """Stop every simulator in `started`, newest first, on the way out."""
+    try:
+        yield
+    finally:
+        for sim in reversed(started):
+            await sim.stop()
+
+
 @pytest.fixture
 async def start_modbus_plc() -> AsyncIterator[StartModbusPlc]:
     """Start Modbus PLC simulators with the test's options (on a free loopback port); every
@@ -74,11 +85,8 @@ async def start_modbus_plc() -> AsyncIterator[StartModbusPlc]:
         started.append(sim)
         return sim
 
-    try:
+    async with _stopped_after(started):
         yield start
-    finally:
-        for sim in reversed(started):
-            await sim.stop()
 
 
 @pytest.fixture
@@ -92,11 +100,8 @@ async def start_opcua_plc() -> AsyncIterator[StartOpcUaPlc]:
         started.append(sim)
         return sim
 
-    try:
+    async with _stopped_after(started):
         yield start
-    finally:
-        for sim in reversed(started):
-            await sim.stop()
 
 
 @pytest.fixture
