@@ -306,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_status(config, args.config, as_json=args.json)
         if args.command == "outbox":
-            return _outbox_stats(config.outbox_path, as_json=args.json)
+            return _outbox_stats(config, as_json=args.json)
         if args.command == "quarantine":
             return _quarantine(args, config.outbox_path)
     except ConfigError as exc:
@@ -438,16 +438,19 @@ def _message_schemas(config: Any) -> int:
     return 0
 
 
-def _outbox_stats(path: str, *, as_json: bool) -> int:
+def _outbox_stats(config: Any, *, as_json: bool) -> int:
+    from edgegw.cli.status import backlog_line
     from edgegw.outbox.store import read_stats
 
-    stats = read_stats(path).as_dict()
+    stats = read_stats(config.outbox_path, config.sink_selectors()).as_dict()
     if as_json:
         sys.stdout.write(orjson.dumps(stats).decode() + "\n")
         return 0
     age = stats["oldest_age_seconds"]
     print(f"outbox      {stats['path']}")
-    print(f"depth       {stats['depth']} events waiting for the broker")
+    print(f"depth       {stats['depth']} events waiting for a sink")
+    for name, backlog in stats["sinks"].items():
+        print(f"sink        {name}: {backlog_line(backlog)}")
     waiting = "none waiting" if stats["first_seq"] is None else f"first {stats['first_seq']}"
     print(f"seq         {waiting}, last assigned {stats['last_seq']}")
     print(f"oldest      {'-' if age is None else f'{age:.1f} s ago'}")

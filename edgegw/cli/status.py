@@ -57,7 +57,7 @@ def _offline(config: GatewayConfig) -> int:
     from edgegw.outbox.store import read_stats
 
     try:
-        stats = read_stats(config.outbox_path).as_dict()
+        stats = read_stats(config.outbox_path, config.sink_selectors()).as_dict()
     except OutboxError as exc:
         print(f"outbox: {exc}", file=sys.stderr)
     else:
@@ -91,7 +91,7 @@ def render_status(state: dict[str, Any]) -> str:
             -1,
             f"sink     {name}  {sink['address']}  {'up' if sink['up'] else 'DOWN'}  "
             f"{sink['published']} published  {sink['refused']} refused  "
-            f"{sink['connects']} connects",
+            f"{sink['connects']} connects  {backlog_line(sink)}",
         )
     if outbox["alarm"]:
         lines.append(f"         ALARM {outbox['alarm']}")
@@ -143,6 +143,15 @@ def render_status(state: dict[str, Any]) -> str:
         lines.append("")
         lines.extend(f"failing: {part}" for part in state["failing"])
     return "\n".join(lines) + "\n"
+
+
+def backlog_line(sink: dict[str, Any]) -> str:
+    """`N waiting, oldest AGE` of a sink in a health document or in outbox stats."""
+    waiting = sink.get("waiting")
+    if waiting is None:  # a gateway of an older version
+        return ""
+    oldest = sink.get("oldest_age_seconds")
+    return f"{waiting} waiting" + ("" if oldest is None else f", oldest {_duration(oldest)}")
 
 
 def _duration(seconds: float) -> str:

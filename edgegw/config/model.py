@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import string
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Literal, Protocol
 from urllib.parse import urlsplit
@@ -279,6 +279,10 @@ class NamedSink:
     client_id: str
     path: tuple[str | int, ...]  # where it is in the file, for messages
 
+    def selects(self, kind: str, source: str) -> bool:
+        """Whether this sink takes messages of this kind (and telemetry of this source)."""
+        return self.select is None or self.select.matches(kind, source)
+
 
 class OutboxSection(StrictModel):
     synchronous: Literal["full", "normal", "extra"] = Field(
@@ -393,6 +397,10 @@ class GatewayConfig(StrictModel):
                             "or drop the placeholder"
                         )
         return self
+
+    def sink_selectors(self) -> dict[str, Callable[[str, str], bool]]:
+        """Each sink's name and what it selects, as the outbox keeps them."""
+        return {sink.name: sink.selects for sink in self.sink_list()}
 
     def sink_list(self) -> list[NamedSink]:
         """Every sink, in order: the `mqtt:` section first (named mqtt) when it is given or

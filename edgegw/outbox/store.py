@@ -23,7 +23,7 @@ import os
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
@@ -31,6 +31,17 @@ import aiosqlite
 import orjson
 
 from edgegw.errors import OutboxError, OutboxFull
+from edgegw.outbox.backlog import (
+    NOTHING_WAITING,
+    Backlogs,
+    Selector,
+    SinkBacklog,
+    finished,
+    read_acks,
+    read_backlogs,
+    snapshot,
+    takes_all,
+)
 from edgegw.outbox.quarantine import (
     CONFLICT_RULE,
     QuarantineRecord,
@@ -62,13 +73,7 @@ from edgegw.timefmt import iso_utc
 
 log = logging.getLogger(__name__)
 
-Selector = Callable[[str, str], bool]
-"""Whether a sink takes a segment, by its kind and source."""
 DEFAULT_SINK = "mqtt"
-
-
-def _takes_all(_kind: str, _source: str) -> bool:
-    return True
 
 
 # A record with the id and ts of one already held is the same lasting violation: it adds its
@@ -114,6 +119,14 @@ class PendingEvent(NamedTuple):
     key_ts: int = 0  # telemetry: the source timestamp in its id, in µs (keys.key_micros)
 
 
+class _Cut(NamedTuple):
+    """A batch cut into segment rows."""
+
+    rows: list[tuple[Any, ...]]
+    stored: int  # values numbered and stored
+    unrouted: list[tuple[str, str, int]]  # kind, source, values: selected by no sink
+
+
 class _Again(NamedTuple):
     """A business event detected again under an id committed before."""
 
@@ -148,21 +161,32 @@ class OutboxStats:
     dropped: int
     file_bytes: int
     quarantined: int = 0
+    sinks: Mapping[str, SinkBacklog] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        oldest_age = (
-            None if self.oldest_created is None else max(0.0, time.time() - self.oldest_created)
-        )
+        now = time.time()
         return {
             "path": self.path,
             "depth": self.depth,
             "first_seq": self.first_seq,
             "last_seq": self.last_seq,
-            "oldest_age_seconds": oldest_age,
+            "oldest_age_seconds": _age(self.oldest_created, now),
             "dropped": self.dropped,
             "file_bytes": self.file_bytes,
             "quarantined": self.quarantined,
+            "sinks": {
+                name: {
+                    "waiting": backlog.waiting,
+                    "first_seq": backlog.first_seq,
+                    "oldest_age_seconds": _age(backlog.oldest_created, now),
+                }
+                for name, backlog in self.sinks.items()
+            },
         }
+
+
+def _age(created: float | None, now: float) -> float | None:
+    return None if created is None else max(0.0, now - created)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +199,8 @@ class OutboxHealth:
     duplicates: int  # refused: their id was committed before
     conflicts: int  # business events detected again with other data
     recovered_from_corruption: bool
+    unrouted: int = 0  # not stored: no sink selects their kind and source
+    sinks: Mapping[str, SinkBacklog] = field(default_factory=dict)
 
 
 class Outbox:
@@ -195,7 +221,7 @@ class Outbox:
         self.path = path
         # Each sink that takes messages from this outbox, and what it selects: a segment
         # leaves once all that select it acknowledged it.
-        self.sinks: dict[str, Selector] = dict(sinks or {DEFAULT_SINK: _takes_all})
+        self.sinks: dict[str, Selector] = dict(sinks or {DEFAULT_SINK: takes_all})
         self._acked: dict[str, list[tuple[int, int]]] = {name: [] for name in self.sinks}
         self.max_bytes = max_bytes
         self.gateway = gateway
@@ -208,6 +234,9 @@ class Outbox:
         self.duplicates = 0
         self.known_events = 0  # business events not sent twice: detected again, same data
         self.conflicts = 0  # business events detected again with other data (quarantined)
+        self.unrouted = 0  # not stored: no sink selects their kind and source
+        self._routes: dict[tuple[str, str], bool] = {}  # (kind, source) -> some sink selects
+        self._said_unrouted: set[tuple[str, str]] = set()
         self._next_seq = 1
         self._reserved = 0  # every seq assigned is <= this, recorded in the .seq file
         self.corrupt_moved_to: str | None = None
@@ -243,6 +272,7 @@ class Outbox:
         self._next_seq = max(int(last_meta), int(max_seq or 0)) + 1
         self.depth = int(depth)
         self.dropped = int(dropped)
+        await self._settle()
         log.info(
             "outbox open path=%s depth=%d next_seq=%d synchronous=%s",
             self.path,
@@ -285,11 +315,12 @@ class Outbox:
             gap = self._gap_event(
                 [], None, f"corrupt outbox moved to {aside} ({why}); {values} messages saved"
             )
-            await self.db.executemany(INSERT_SEGMENT, self._segments([gap]))
+            self.depth = values
+            cut = self._segments([gap])
+            await self.db.executemany(INSERT_SEGMENT, cut.rows)
             await self.db.execute(_BUMP_LAST_SEQ, (self._next_seq,))
             await self.db.commit()
-            self._next_seq += 1
-            self.depth = values + 1
+            self._stored(cut)
         log.error(
             "ALARM outbox recovered messages=%d from %s; seq continues at %d; messages not "
             "recovered are lost (a gap message says so)",
@@ -335,6 +366,52 @@ class Outbox:
             if sink in self._acked:
                 self._acked[sink].append((int(first), int(last)))
         return int(last_meta), int(dropped), max_seq, int(depth or 0)
+
+    async def _settle(self) -> None:
+        """Delete what no configured sink waits for any more: segments every sink that selects
+        them acknowledged, or that none selects, and the acks of sinks no longer configured
+        (a sink was removed, or its select changed, since the last run)."""
+        rows = await _fetch(self.db, "SELECT first_seq, count, kind, source FROM segments")
+        done = [
+            (first, count)
+            for first, count, kind, source in rows
+            if finished(kind, source, first, first + count - 1, self._acked, self.sinks)
+        ]
+        gone = [
+            row[0]
+            for row in await _fetch(self.db, "SELECT DISTINCT sink FROM sink_acks")
+            if row[0] not in self.sinks
+        ]
+        if not done and not gone:
+            return
+        firsts = [first for first, _ in done]
+        try:
+            for start in range(0, len(firsts), 500):  # under SQLite's bound-parameter limit
+                part = firsts[start : start + 500]
+                await self.db.execute(
+                    f"DELETE FROM segments WHERE first_seq IN ({','.join('?' * len(part))})", part
+                )
+            await self.db.executemany("DELETE FROM sink_acks WHERE sink = ?", [(g,) for g in gone])
+            for sink, acked in self._acked.items():
+                self._acked[sink] = _clip(acked, done)
+                await self.db.execute("DELETE FROM sink_acks WHERE sink = ?", (sink,))
+                await self.db.executemany(
+                    "INSERT INTO sink_acks VALUES (?, ?, ?)",
+                    [(sink, a, b) for a, b in self._acked[sink]],
+                )
+            await self.db.commit()
+        except sqlite3.DatabaseError as exc:
+            await self._rollback_quietly()
+            raise _write_error(exc) from exc
+        values = sum(count for _, count in done)
+        self.depth -= values
+        log.warning(
+            "outbox: %d stored values no configured sink waits for were deleted, acks of "
+            "sinks no longer configured forgotten: %s (sinks or their select: changed since "
+            "the last run)",
+            values,
+            ", ".join(gone) or "none",
+        )
 
     async def sync(self) -> None:
         """Make every commit so far durable (synchronous=normal): a passive checkpoint fsyncs
@@ -400,7 +477,8 @@ class Outbox:
                     or any(r.kind == "event" for r in quarantine)
                 ):
                     batch, quarantine = await self._judge_events(batch, again, quarantine, notes)
-                await self.db.executemany(INSERT_SEGMENT, self._segments(batch))
+                cut = self._segments(batch)
+                await self.db.executemany(INSERT_SEGMENT, cut.rows)
                 await self._record_event_keys(batch)
                 if quarantine:
                     await self._hold(quarantine)
@@ -408,8 +486,7 @@ class Outbox:
             except sqlite3.DatabaseError as exc:
                 await self._rollback_quietly()
                 raise _write_error(exc) from exc
-            self._next_seq += len(batch)
-            self.depth += len(batch)
+            self._stored(cut)
             # Counted and said only once committed: a failed commit is tried again.
             self.duplicates += notes.repeats
             self.known_events += notes.repeats
@@ -423,7 +500,7 @@ class Outbox:
                     self.depth - self.max_rows + max(1, self.max_rows // 100), "max_rows"
                 )
         self.appended.set()
-        return len(batch)
+        return cut.stored
 
     async def _sent(self, ids: Iterable[str]) -> dict[str, tuple[str | None, Any]]:
         """id -> (digest, data) of the remembered event ids among `ids` (None, None: sent by
@@ -653,7 +730,8 @@ class Outbox:
             batch = list(events.values())
             qids = [row[0] for row in rows]
             try:
-                await self.db.executemany(INSERT_SEGMENT, self._segments(batch))
+                cut = self._segments(batch)
+                await self.db.executemany(INSERT_SEGMENT, cut.rows)
                 await self._record_event_keys(batch)
                 await self.db.execute(
                     f"DELETE FROM quarantine WHERE qid IN ({','.join('?' * len(qids))})", qids
@@ -662,8 +740,7 @@ class Outbox:
             except sqlite3.DatabaseError as exc:
                 await self._rollback_quietly()
                 raise OutboxError(f"outbox write failed: {exc}") from exc
-            self._next_seq += len(batch)
-            self.depth += len(batch)
+            self._stored(cut)
         self.appended.set()
         for event in batch:
             supersedes = event.payload.get("supersedes")
@@ -685,10 +762,11 @@ class Outbox:
             )
         return len(batch)
 
-    def _segments(self, batch: list[PendingEvent]) -> list[tuple[Any, ...]]:
+    def _segments(self, batch: list[PendingEvent]) -> _Cut:
         """Number the batch from the next seq and cut it into segment rows: one per source
-        and kind, in the order they first appear (each `payload` gets its `seq`). The caller
-        advances the seq once the rows are committed."""
+        and kind, in the order they first appear (each `payload` gets its `seq`). A group no
+        sink selects is not stored and gets no seq. The caller advances the seq once the rows
+        are committed (`_stored`)."""
         groups: dict[tuple[str, str], list[PendingEvent]] = {}
         for event in batch:
             kind = kind_of(event.schema)
@@ -699,7 +777,11 @@ class Outbox:
             self._reserve(seq + len(batch) - 1)
         dumps = orjson.dumps
         rows = []
+        unrouted = []
         for (kind, source), events in groups.items():
+            if not self._routed(kind, source):
+                unrouted.append((kind, source, len(events)))
+                continue
             for start in range(0, len(events), SEGMENT_MAX):
                 part = events[start : start + SEGMENT_MAX]
                 first = seq
@@ -714,7 +796,31 @@ class Outbox:
                 rows.append(
                     (first, len(part), kind, source, created, source_ts, encode_items(items))
                 )
-        return rows
+        return _Cut(rows, seq - self._next_seq, unrouted)
+
+    def _routed(self, kind: str, source: str) -> bool:
+        routed = self._routes.get((kind, source))
+        if routed is None:
+            routed = any(selects(kind, source) for selects in self.sinks.values())
+            self._routes[(kind, source)] = routed
+        return routed
+
+    def _stored(self, cut: _Cut) -> None:
+        """Account for a committed cut: seq and depth advance; what no sink selects is counted
+        and said once per kind and source."""
+        self._next_seq += cut.stored
+        self.depth += cut.stored
+        for kind, source, count in cut.unrouted:
+            self.unrouted += count
+            if (kind, source) not in self._said_unrouted:
+                self._said_unrouted.add((kind, source))
+                log.warning(
+                    "no sink selects %s%s: not stored (count=%d; further ones counted in "
+                    "edgegw_outbox_unrouted_total); change a sink's select: to deliver them",
+                    kind,
+                    f" of source {source}" if source else "",
+                    count,
+                )
 
     async def _rollback_quietly(self) -> None:
         try:
@@ -724,24 +830,24 @@ class Outbox:
 
     async def health(self) -> OutboxHealth:
         try:
-            oldest = await self.oldest_created()
-        except OutboxError:  # closed at shutdown, or failing: the alarm says why
-            oldest = None
+            backlogs = await asyncio.to_thread(self._read_backlogs)
+        except (sqlite3.DatabaseError, OSError) as exc:  # moved aside, unreadable: alarm says
+            log.debug("outbox backlog unreadable path=%s: %s", self.path, exc)
+            backlogs = None
         return OutboxHealth(
             depth=self.depth,
-            oldest_created=oldest,
+            oldest_created=backlogs.total.oldest_created if backlogs else None,
             dropped=self.dropped,
             duplicates=self.duplicates,
             conflicts=self.conflicts,
             recovered_from_corruption=self.corrupt_moved_to is not None,
+            unrouted=self.unrouted,
+            sinks=backlogs.sinks if backlogs else dict.fromkeys(self.sinks, NOTHING_WAITING),
         )
 
-    async def oldest_created(self) -> float | None:
-        """When the oldest waiting value was received (None when empty): one index step."""
-        if self.depth == 0:
-            return None
-        rows = await _fetch(self.db, "SELECT created FROM segments ORDER BY first_seq LIMIT 1")
-        return float(rows[0][0]) if rows else None
+    def _read_backlogs(self) -> Backlogs:
+        with snapshot(self.path) as db:
+            return read_backlogs(db, self.sinks)
 
     async def claim(
         self, after_seq: int, limit: int, sink: str = DEFAULT_SINK
@@ -971,19 +1077,20 @@ class Outbox:
             "UPDATE meta SET value = value + ? WHERE name = 'dropped'", (deleted,)
         )
         gap = self._gap_event(ranges, deleted, why)
-        await self.db.executemany(INSERT_SEGMENT, self._segments([gap]))
+        cut = self._segments([gap])
+        await self.db.executemany(INSERT_SEGMENT, cut.rows)
         await self.db.commit()
-        self._next_seq += 1
-        self.depth += 1 - deleted
+        self.depth -= deleted
+        self._stored(cut)
         self.dropped += deleted
         for sink in self._acked:
             self._acked[sink] = _clip(self._acked[sink], segments)
         log.error(
-            "outbox retention dropped events count=%d ranges=%s reason=%s gap_seq=%d",
+            "outbox retention dropped events count=%d ranges=%s reason=%s gap_seq=%s",
             deleted,
             ";".join(f"{a}-{b}" for a, b in ranges),
             why,
-            gap.payload["seq"],
+            gap.payload["seq"] or "none (no sink selects gap messages)",
         )
         return deleted
 
@@ -1132,72 +1239,46 @@ async def _fetch(db: aiosqlite.Connection, sql: str, params: Sequence[Any] = ())
     return list(await db.execute_fetchall(sql, params))
 
 
-def read_stats(path: str, sinks: Sequence[str] = (DEFAULT_SINK,)) -> OutboxStats:
+def read_stats(path: str, sinks: Mapping[str, Selector] | None = None) -> OutboxStats:
     """Stats of an outbox file, read-only, safe while the daemon runs (WAL readers don't block).
-    `depth` counts the messages some sink in `sinks` has not acknowledged yet."""
+    `depth` counts the messages some sink in `sinks` (name -> what it selects) has not
+    acknowledged yet; `sinks` each sink's own backlog."""
     if not os.path.exists(path):
         raise OutboxError(f"no outbox at {path} (has the gateway run with this config?)")
+    sinks = sinks or {DEFAULT_SINK: takes_all}
     try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            with db:  # one read transaction: segments and acks from the same moment
-                tables = {
-                    r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")
-                }
-                if "segments" in tables:
-                    depth, first, max_seq, oldest = _waiting_figures(db, sinks)
-                else:  # a file an older edgegw wrote, not migrated yet
-                    depth, first, max_seq, oldest = db.execute(
-                        "SELECT count(*), min(seq), max(seq), "
-                        "(SELECT created FROM outbox ORDER BY seq LIMIT 1) FROM outbox"
-                    ).fetchone()
-                meta = dict(db.execute("SELECT name, value FROM meta").fetchall())
-                quarantined = (
-                    db.execute("SELECT count(*) FROM quarantine").fetchone()[0]
-                    if "quarantine" in tables
-                    else 0
-                )
-        finally:
-            db.close()
+        with snapshot(path) as db:
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if "segments" in tables:
+                backlogs = read_backlogs(db, sinks)
+                per_sink, total, max_seq = backlogs.sinks, backlogs.total, backlogs.last_stored
+            else:  # a file an older edgegw wrote, not migrated yet
+                depth, first, max_seq, oldest = db.execute(
+                    "SELECT count(*), min(seq), max(seq), "
+                    "(SELECT created FROM outbox ORDER BY seq LIMIT 1) FROM outbox"
+                ).fetchone()
+                total = SinkBacklog(int(depth), first, oldest)
+                per_sink = dict.fromkeys(sinks, total)
+            meta = dict(db.execute("SELECT name, value FROM meta").fetchall())
+            quarantined = (
+                db.execute("SELECT count(*) FROM quarantine").fetchone()[0]
+                if "quarantine" in tables
+                else 0
+            )
     except sqlite3.DatabaseError as exc:
         raise OutboxError(f"cannot read outbox {path}: {exc}") from exc
     size = sum(os.path.getsize(p) for p in (path, path + "-wal") if os.path.exists(p))
     return OutboxStats(
         path=path,
-        depth=int(depth),
-        first_seq=first,
+        depth=total.waiting,
+        first_seq=total.first_seq,
         last_seq=max(int(meta.get("last_seq", 0)), int(max_seq or 0)),
-        oldest_created=oldest,
+        oldest_created=total.oldest_created,
         dropped=int(meta.get("dropped", 0)),
         file_bytes=size,
         quarantined=int(quarantined),
+        sinks=dict(per_sink),
     )
-
-
-def _waiting_figures(
-    db: sqlite3.Connection, sinks: Sequence[str]
-) -> tuple[int, int | None, int | None, float | None]:
-    """(messages waiting, first seq waiting, last seq stored, when the first waiting segment
-    was received), from the segments and the sinks' acknowledged ranges."""
-    acked = {
-        sink: merge_ranges(
-            (int(a), int(b))
-            for a, b in db.execute("SELECT first, last FROM sink_acks WHERE sink = ?", (sink,))
-        )
-        for sink in sinks
-    }
-    depth, first, last_stored, oldest = 0, None, None, None
-    for seg_first, count, created in db.execute(
-        "SELECT first_seq, count, created FROM segments ORDER BY first_seq"
-    ):
-        seg_last = seg_first + count - 1
-        last_stored = seg_last
-        due = merge_ranges(*(missing(acked[sink], seg_first, seg_last) for sink in sinks))
-        if due:
-            depth += sum(b - a + 1 for a, b in due)
-            if first is None:
-                first, oldest = due[0][0], float(created)
-    return depth, first, last_stored, oldest
 
 
 def read_waiting(path: str, sink: str | None = DEFAULT_SINK) -> list[dict[str, Any]]:
@@ -1205,14 +1286,11 @@ def read_waiting(path: str, sink: str | None = DEFAULT_SINK) -> list[dict[str, A
     stored), in seq order, parsed; read-only, safe while the daemon runs. For tools and tests:
     a backlog of millions is millions of dicts."""
     try:
-        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        with snapshot(path) as db:
             rows = db.execute(
                 "SELECT first_seq, count, items FROM segments ORDER BY first_seq"
             ).fetchall()
-            acked = merge_ranges(
-                (int(a), int(b))
-                for a, b in db.execute("SELECT first, last FROM sink_acks WHERE sink = ?", (sink,))
-            )
+            acked = read_acks(db, [sink])[sink] if sink is not None else []
     except sqlite3.DatabaseError as exc:
         raise OutboxError(f"cannot read outbox {path}: {exc}") from exc
     out: list[dict[str, Any]] = []

@@ -7,11 +7,10 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Callable
 from typing import Any
 
 from edgegw import __version__
-from edgegw.config.model import GatewayConfig, NamedSink
+from edgegw.config.model import GatewayConfig
 from edgegw.errors import ConfigError, EdgeGwError, OutboxError
 from edgegw.outbox.quarantine import QuarantineRecord
 from edgegw.outbox.store import NORMAL_SYNC_INTERVAL, Outbox, PendingEvent
@@ -22,9 +21,8 @@ from edgegw.service.metrics import serve, start_http
 from edgegw.service.reload import ConfigChanges, diff_configs, file_sha256
 from edgegw.service.sdnotify import Notifier
 from edgegw.service.statedir import acquire as acquire_state_dir
-from edgegw.sinks.forwarder import Forwarder, MakeSink
-from edgegw.sinks.mqtt.configure import mqtt_sink_settings
-from edgegw.sinks.mqtt.sink import MqttSink, MqttSinkSettings
+from edgegw.sinks.forwarder import Forwarder
+from edgegw.sinks.registry import sink_factory, sink_settings
 from edgegw.sources.base import Source
 from edgegw.sources.registry import build_source
 
@@ -63,13 +61,13 @@ class Gateway:
             max_bytes=config.outbox.max_bytes,
             gateway=config.gateway.id,
             gap_topic=config.mqtt.gap_topic.format(**config.topic_fields()),
-            sinks={sink.name: _selector(sink) for sink in self.sinks},
+            sinks=config.sink_selectors(),
         )
-        self.sink_settings = {sink.name: mqtt_sink_settings(config, sink) for sink in self.sinks}
+        self.sink_settings = sink_settings(config)
         self.forwarders = [
             Forwarder(
                 self.outbox,
-                self._mqtt_sink(sink.name, self.sink_settings[sink.name]),
+                sink_factory(sink, self.sink_settings[sink.name]),
                 drain_grace=shutdown_grace,
             )
             for sink in self.sinks
@@ -239,7 +237,7 @@ class Gateway:
                     "the sinks (their names, types or select) changed, which takes a restart "
                     "(systemctl restart edgegw)",
                 )
-            settings = {sink.name: mqtt_sink_settings(new, sink) for sink in new.sink_list()}
+            settings = sink_settings(new)
             changes.mqtt = changes.mqtt or settings != self.sink_settings
             await self._apply(new, changes, settings)
             self.reloads["applied"] += 1
@@ -266,7 +264,7 @@ class Gateway:
         return False
 
     async def _apply(
-        self, new: GatewayConfig, changes: ConfigChanges, settings: dict[str, MqttSinkSettings]
+        self, new: GatewayConfig, changes: ConfigChanges, settings: dict[str, Any]
     ) -> None:
         stopping = [*changes.removed, *changes.changed]
         await _cancel_until_gone([self._readers.pop(name) for name in stopping])
@@ -292,15 +290,10 @@ class Gateway:
             self.outbox.max_bytes = new.outbox.max_bytes
         if changes.mqtt:
             self.outbox.gap_topic = new.mqtt.gap_topic.format(**new.topic_fields())
-            for forwarder in self.forwarders:
-                name = forwarder.sink.name
-                if settings[name] != self.sink_settings[name]:
-                    forwarder.reconfigure(self._mqtt_sink(name, settings[name]))
+            for sink, forwarder in zip(new.sink_list(), self.forwarders, strict=True):
+                if settings[sink.name] != self.sink_settings[sink.name]:
+                    forwarder.reconfigure(sink_factory(sink, settings[sink.name]))
             self.sink_settings = settings
-
-    @staticmethod
-    def _mqtt_sink(name: str, settings: MqttSinkSettings) -> MakeSink:
-        return lambda on_result: MqttSink(settings, on_result, name=name)
 
     async def _read_forever(self, source: Source) -> None:
         # Sources turn device faults into bad readings; anything escaping is a bug in a source,
@@ -536,13 +529,6 @@ async def run_gateway(config: GatewayConfig, config_path: str | None = None) -> 
         for signum in handlers:
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(signum)
-
-
-def _selector(sink: NamedSink) -> Callable[[str, str], bool]:
-    select = sink.select
-    if select is None:
-        return lambda _kind, _source: True
-    return select.matches
 
 
 def _sink_shapes(config: GatewayConfig) -> list[tuple[str, str, Any]]:

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from edgegw.errors import EdgeGwError
+from edgegw.outbox.backlog import NOTHING_WAITING
 from edgegw.service.health import GatewayHealth
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,9 @@ FAMILIES: dict[str, str] = {
     "edgegw_sink_published_total": "counter",
     "edgegw_sink_refused_total": "counter",
     "edgegw_sink_connects_total": "counter",
+    "edgegw_sink_lag_values": "gauge",
+    "edgegw_sink_oldest_age_seconds": "gauge",
+    "edgegw_outbox_unrouted_total": "counter",
     "edgegw_e2e_latency_seconds": "histogram",
     "edgegw_source_up": "gauge",
     "edgegw_reads_total": "counter",
@@ -58,6 +62,10 @@ FAMILIES: dict[str, str] = {
 }
 """Every metric family served on /metrics, with its Prometheus type (the dashboard and the
 tests check against it)."""
+
+
+def _age(created: float | None, now: float) -> float | None:
+    return None if created is None else max(0.0, now - created)
 
 
 def _escape(value: str) -> str:
@@ -85,9 +93,7 @@ def render_metrics(health: GatewayHealth) -> str:
     one(
         "edgegw_outbox_oldest_age_seconds",
         "Age of the oldest event waiting for the broker (0 when none waits).",
-        0.0
-        if outbox.oldest_created is None
-        else max(0.0, health.wall_time - outbox.oldest_created),
+        _age(outbox.oldest_created, health.wall_time) or 0.0,
     )
     one("edgegw_committed_total", "Events committed to the outbox.", health.committed)
     one(
@@ -158,6 +164,25 @@ def render_metrics(health: GatewayHealth) -> str:
             help_text,
             [(f'{{sink="{_escape(sink.name)}"}}', value_of(sink)) for sink in sinks],
         )
+    backlogs = outbox.sinks
+    metric(
+        "edgegw_sink_lag_values",
+        "Values in the outbox the sink selects and has not acknowledged.",
+        [(f'{{sink="{_escape(name)}"}}', backlog.waiting) for name, backlog in backlogs.items()],
+    )
+    metric(
+        "edgegw_sink_oldest_age_seconds",
+        "Age of the oldest value the sink has not acknowledged (0 when none waits).",
+        [
+            (f'{{sink="{_escape(name)}"}}', _age(backlog.oldest_created, health.wall_time) or 0.0)
+            for name, backlog in backlogs.items()
+        ],
+    )
+    one(
+        "edgegw_outbox_unrouted_total",
+        "Values not stored because no sink selects their kind and source (sinks[].select).",
+        outbox.unrouted,
+    )
     name = "edgegw_e2e_latency_seconds"
     lines.append(f"# HELP {name} Source timestamp to broker acknowledgement, per value.")
     lines.append(f"# TYPE {name} histogram")
@@ -271,14 +296,16 @@ def health_document(health: GatewayHealth) -> dict[str, Any]:
                 "last_error": s.last_error,
                 "published": s.published,
                 "refused": s.refused,
+                "last_refusal": s.last_refusal,
+                "waiting": backlog.waiting,
+                "oldest_age_seconds": _rounded(_age(backlog.oldest_created, health.wall_time)),
             }
             for s in health.sinks
+            for backlog in (outbox.sinks.get(s.name, NOTHING_WAITING),)
         },
         "outbox": {
             "depth": outbox.depth,
-            "oldest_age_seconds": None
-            if outbox.oldest_created is None
-            else round(max(0.0, health.wall_time - outbox.oldest_created), 1),
+            "oldest_age_seconds": _rounded(_age(outbox.oldest_created, health.wall_time)),
             "committed": health.committed,
             "committed_per_second": rates.get("committed", 0.0),
             "dropped": outbox.dropped,

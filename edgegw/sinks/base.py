@@ -23,6 +23,7 @@ class SinkHealth:
     last_error: str | None
     published: int  # acknowledged and deleted
     refused: int  # refusals (MQTT: PUBACK >= 0x80): kept and retried
+    last_refusal: str | None  # why, in the sink's words (MQTT: the PUBACK reason)
     intake_waits: int  # times intake waited for this forwarder (overload)
     latency: HistogramSnapshot  # source timestamp to acknowledgement, per value
 

@@ -49,6 +49,7 @@ class ForwarderStatus:
     refused: int = 0  # PUBACK with a reason code >= 0x80: kept and retried after reconnect
     connects: int = 0
     last_error: str | None = None
+    last_refusal: str | None = None  # the sink's words for the last message it refused
     last_ack_latency: float = 0.0  # seconds from source timestamp to PUBACK
 
 
@@ -99,6 +100,7 @@ class Forwarder:
             last_error=status.last_error,
             published=status.published,
             refused=status.refused,
+            last_refusal=status.last_refusal,
             intake_waits=self.intake_waits,
             latency=self.latency.snapshot(),
         )
@@ -312,6 +314,7 @@ class Forwarder:
         the deleter task); refused rows stay and are sent again after the next connect."""
         if refusal is not None:
             self.status.refused += 1
+            self.status.last_refusal = refusal
         else:
             seqs = [row.seq for row in rows]
             self._acked.extend(seqs)

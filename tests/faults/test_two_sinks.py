@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from edgegw.outbox.backlog import takes_all
 from edgegw.outbox.store import read_stats, read_waiting
 from simulators.modbus_plc import ModbusPlc
 from tests.faults.conftest import FaultReport
@@ -24,7 +25,7 @@ from tests.support.wait import stays, until, until_progress
 # 30 start + 30 traffic + 60 outage + 30 restart + 60 drain + 2 x 15 stall + 15 exit ~ 195 s
 pytestmark = pytest.mark.timeout(300)
 
-SINKS = ("mqtt", "second")
+SINKS = {"mqtt": takes_all, "second": takes_all}
 
 
 @pytest.fixture
@@ -78,6 +79,9 @@ async def test_each_sink_gets_every_seq_though_one_was_away_and_the_gateway_kill
             before = subscriber.count
             # ... while the first takes 4,000 more values (about 10 s at this poll)
             await until(lambda: subscriber.count > before + 4000, 60, "the first sink goes on")
+            # What the second sink missed waits for it alone (the first keeps up).
+            backlogs = read_stats(outbox, SINKS).sinks
+            assert backlogs["second"].waiting > max(3000, backlogs["mqtt"].waiting), backlogs
             await process.kill()  # ... and the gateway dies meanwhile
             proxy.heal()
             process = await GatewayProcess(path).start()

@@ -170,7 +170,7 @@ def test_outbox_stats_after_a_demo(tmp_path: Path) -> None:
         timeout=20,
         check=True,
     ).stdout
-    assert f"depth       {stats['depth']} events waiting for the broker" in text.splitlines()
+    assert f"depth       {stats['depth']} events waiting for a sink" in text.splitlines()
     waiting = "none waiting" if stats["first_seq"] is None else f"first {stats['first_seq']}"
     assert f"seq         {waiting}, last assigned {stats['last_seq']}" in text.splitlines()
 
@@ -222,8 +222,11 @@ async def test_outbox_stats_of_a_known_outbox(tmp_path: Path) -> None:
         "dropped": 0,
     }
     assert figures["quarantined"] == 1
+    assert figures["sinks"]["mqtt"]["waiting"] == 3
+    assert figures["sinks"]["mqtt"]["first_seq"] == 3
     assert 90 <= figures["oldest_age_seconds"] < 90 + 60
     text = (await asyncio.to_thread(stats)).splitlines()
-    assert "depth       3 events waiting for the broker" in text
+    assert "depth       3 events waiting for a sink" in text
+    assert any(line.startswith("sink        mqtt: 3 waiting, oldest 1m") for line in text), text
     assert "seq         first 3, last assigned 5" in text
     assert "quarantine  1 records (edgegw quarantine -c FILE)" in text

@@ -14,7 +14,7 @@ from edgegw.sources.base import SourceHealth
 def sink(name: str, up: bool, published: int) -> SinkHealth:
     error = None if up else "connection refused"
     latency = Histogram().snapshot()
-    return SinkHealth(name, f"{name}.example:1883", up, 1, error, published, 0, 0, latency)
+    return SinkHealth(name, f"{name}.example:1883", up, 1, error, published, 0, None, 0, latency)
 
 
 def health() -> GatewayHealth:
