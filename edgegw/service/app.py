@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import time
@@ -523,12 +524,24 @@ async def run_gateway(config: GatewayConfig, config_path: str | None = None) -> 
             len(config.events),
             extra={"audit": "config-load", "sha256": digest},
         )
+    freezer = asyncio.create_task(_freeze_after_start(gateway), name="gc-freeze")
     try:
         await gateway.run()
     finally:
+        freezer.cancel()
         for signum in handlers:
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(signum)
+
+
+async def _freeze_after_start(gateway: Gateway) -> None:
+    """What exists once the gateway runs (modules, the config model, tag tables, clients)
+    lives as long as the process: moved out of the cyclic collector's way, so that its
+    collections, frequent at tens of thousands of values per second, stop walking it. Only in
+    the daemon (`edgegw run`): a process that runs many gateways (the tests) would keep the
+    garbage of the earlier ones."""
+    await gateway.started.wait()
+    gc.freeze()
 
 
 def _sink_shapes(config: GatewayConfig) -> list[tuple[str, str, Any]]:

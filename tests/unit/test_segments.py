@@ -17,6 +17,9 @@ from edgegw.outbox.segments import (
 def test_ranges_of_seqs_join_runs_in_any_order() -> None:
     assert ranges_of([8, 1, 2, 3, 7, 3]) == [(1, 3), (7, 8)]
     assert ranges_of([]) == []
+    assert ranges_of([5, 4, 6, 5]) == [(4, 6)]  # contiguous: the one-range shortcut
+    assert ranges_of([9]) == [(9, 9)]
+    assert ranges_of([1, 3, 5]) == [(1, 1), (3, 3), (5, 5)]
 
 
 def test_merge_joins_overlapping_and_adjacent_ranges() -> None:
