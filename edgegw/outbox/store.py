@@ -32,7 +32,6 @@ import orjson
 
 from edgegw.errors import OutboxError, OutboxFull
 from edgegw.outbox.backlog import (
-    NOTHING_WAITING,
     Backlogs,
     Selector,
     SinkBacklog,
@@ -59,6 +58,7 @@ from edgegw.outbox.schema import (
     salvage,
 )
 from edgegw.outbox.segments import (
+    EVENT,
     TELEMETRY,
     Segment,
     StoredEvent,
@@ -126,6 +126,14 @@ class _Cut(NamedTuple):
     rows: list[tuple[Any, ...]]
     stored: int  # values numbered and stored
     unrouted: list[tuple[str, str, int]]  # kind, source, values: selected by no sink
+    skipped: list[PendingEvent]  # those values: not stored, no seq
+
+    def kept(self, batch: list[PendingEvent]) -> list[PendingEvent]:
+        """The events of `batch` that were stored."""
+        if not self.skipped:
+            return batch
+        skipped = {id(event) for event in self.skipped}
+        return [event for event in batch if id(event) not in skipped]
 
 
 class _Again(NamedTuple):
@@ -319,7 +327,8 @@ class Outbox:
             self.depth = values
             cut = self._segments([gap])
             await self.db.executemany(INSERT_SEGMENT, cut.rows)
-            await self.db.execute(_BUMP_LAST_SEQ, (self._next_seq,))
+            # Numbering goes on above every seq the damaged file may have held.
+            await self.db.execute(_BUMP_LAST_SEQ, (self._next_seq - 1 + cut.stored,))
             await self.db.commit()
             self._stored(cut)
         log.error(
@@ -386,6 +395,7 @@ class Outbox:
         if not done and not gone:
             return
         firsts = [first for first, _ in done]
+        kept = {sink: _clip(acked, done) for sink, acked in self._acked.items()}
         try:
             for start in range(0, len(firsts), 500):  # under SQLite's bound-parameter limit
                 part = firsts[start : start + 500]
@@ -393,17 +403,23 @@ class Outbox:
                     f"DELETE FROM segments WHERE first_seq IN ({','.join('?' * len(part))})", part
                 )
             await self.db.executemany("DELETE FROM sink_acks WHERE sink = ?", [(g,) for g in gone])
-            for sink, acked in self._acked.items():
-                self._acked[sink] = _clip(acked, done)
+            for sink, ranges in kept.items():
                 await self.db.execute("DELETE FROM sink_acks WHERE sink = ?", (sink,))
                 await self.db.executemany(
-                    "INSERT INTO sink_acks VALUES (?, ?, ?)",
-                    [(sink, a, b) for a, b in self._acked[sink]],
+                    "INSERT INTO sink_acks VALUES (?, ?, ?)", [(sink, a, b) for a, b in ranges]
                 )
+            # Deleting the newest segments must not let numbering restart below them.
+            await self.db.execute(_BUMP_LAST_SEQ, (self._next_seq - 1,))
             await self.db.commit()
         except sqlite3.DatabaseError as exc:
+            # Only tidying: the gateway starts without it (a full disk must not keep it from
+            # starting) and the next start tries again.
             await self._rollback_quietly()
-            raise _write_error(exc) from exc
+            log.error(
+                "outbox: could not delete what no sink waits for (next start tries again): %s", exc
+            )
+            return
+        self._acked = kept
         values = sum(count for _, count in done)
         self.depth -= values
         log.warning(
@@ -480,7 +496,8 @@ class Outbox:
                     batch, quarantine = await self._judge_events(batch, again, quarantine, notes)
                 cut = self._segments(batch)
                 await self.db.executemany(INSERT_SEGMENT, cut.rows)
-                await self._record_event_keys(batch)
+                # Only what was stored: an event no sink took must not count as sent.
+                await self._record_event_keys(cut.kept(batch))
                 if quarantine:
                     await self._hold(quarantine)
                 await self.db.commit()
@@ -728,6 +745,16 @@ class Outbox:
                     continue
                 schema = _event_schema(payload)
                 events[key] = PendingEvent(key, schema, topic, orjson.loads(payload), trace, now)
+            if not self._routed(EVENT, ""):
+                # Released, but no sink takes business events: they stay in the quarantine,
+                # released, until a sink selects them (said once).
+                if ("release", "") not in self._said_unrouted:
+                    self._said_unrouted.add(("release", ""))
+                    log.warning(
+                        "released events wait in the quarantine: no sink selects business "
+                        "events (sinks[].select.kinds)"
+                    )
+                return 0
             batch = list(events.values())
             qids = [row[0] for row in rows]
             try:
@@ -779,9 +806,11 @@ class Outbox:
         dumps = orjson.dumps
         rows = []
         unrouted = []
+        skipped: list[PendingEvent] = []
         for (kind, source), events in groups.items():
             if not self._routed(kind, source):
                 unrouted.append((kind, source, len(events)))
+                skipped.extend(events)
                 continue
             for start in range(0, len(events), SEGMENT_MAX):
                 part = events[start : start + SEGMENT_MAX]
@@ -797,7 +826,7 @@ class Outbox:
                 rows.append(
                     (first, len(part), kind, source, created, source_ts, encode_items(items))
                 )
-        return _Cut(rows, seq - self._next_seq, unrouted)
+        return _Cut(rows, seq - self._next_seq, unrouted, skipped)
 
     def _routed(self, kind: str, source: str) -> bool:
         routed = self._routes.get((kind, source))
@@ -843,7 +872,7 @@ class Outbox:
             conflicts=self.conflicts,
             recovered_from_corruption=self.corrupt_moved_to is not None,
             unrouted=self.unrouted,
-            sinks=backlogs.sinks if backlogs else dict.fromkeys(self.sinks, NOTHING_WAITING),
+            sinks=backlogs.sinks if backlogs else {},  # not known: no figure, rather than 0
         )
 
     def _read_backlogs(self) -> Backlogs:
@@ -1125,20 +1154,24 @@ def _clip(
     acked: list[tuple[int, int]], deleted: Sequence[tuple[int, int]]
 ) -> list[tuple[int, int]]:
     """A sink's acknowledged ranges without the seqs of deleted segments (first, count):
-    only ranges over what is still stored need keeping."""
-    out = acked
-    for first, count in deleted:
-        last = first + count - 1
-        clipped: list[tuple[int, int]] = []
-        for a, b in out:
-            if b < first or a > last:
-                clipped.append((a, b))
-                continue
-            if a < first:
-                clipped.append((a, first - 1))
-            if b > last:
-                clipped.append((last + 1, b))
-        out = clipped
+    only ranges over what is still stored need keeping. One sweep over both, sorted: at a
+    start after a long outage both lists can be tens of thousands long."""
+    cuts = merge_ranges((first, first + count - 1) for first, count in deleted)
+    if not cuts:
+        return acked
+    out: list[tuple[int, int]] = []
+    i = 0
+    for a, b in sorted(acked):
+        while i < len(cuts) and cuts[i][1] < a:
+            i += 1
+        start, j = a, i
+        while j < len(cuts) and cuts[j][0] <= b:
+            if cuts[j][0] > start:
+                out.append((start, cuts[j][0] - 1))
+            start = max(start, cuts[j][1] + 1)
+            j += 1
+        if start <= b:
+            out.append((start, b))
     return out
 
 

@@ -541,6 +541,7 @@ async def _freeze_after_start(gateway: Gateway) -> None:
     the daemon (`edgegw run`): a process that runs many gateways (the tests) would keep the
     garbage of the earlier ones."""
     await gateway.started.wait()
+    gc.collect()  # what start-up left behind is not kept for ever
     gc.freeze()
 
 

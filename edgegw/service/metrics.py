@@ -17,7 +17,6 @@ from typing import Any
 import orjson
 
 from edgegw.errors import EdgeGwError
-from edgegw.outbox.backlog import NOTHING_WAITING
 from edgegw.service.health import GatewayHealth
 
 log = logging.getLogger(__name__)
@@ -89,10 +88,14 @@ def render_metrics(health: GatewayHealth) -> str:
     info = f'{{version="{_escape(health.version)}",gateway="{_escape(health.gateway)}"}}'
     metric("edgegw_info", "Version and gateway id (always 1).", [(info, 1)])
     one("edgegw_uptime_seconds", "Seconds since the gateway started.", health.uptime)
-    one("edgegw_outbox_depth", "Events waiting for the broker.", outbox.depth)
+    one(
+        "edgegw_outbox_depth",
+        "Values stored in the outbox: not yet acknowledged by every sink that selects them.",
+        outbox.depth,
+    )
     one(
         "edgegw_outbox_oldest_age_seconds",
-        "Age of the oldest event waiting for the broker (0 when none waits).",
+        "Age of the oldest value some sink has not acknowledged (0 when none waits).",
         _age(outbox.oldest_created, health.wall_time) or 0.0,
     )
     one("edgegw_committed_total", "Events committed to the outbox.", health.committed)
@@ -297,11 +300,14 @@ def health_document(health: GatewayHealth) -> dict[str, Any]:
                 "published": s.published,
                 "refused": s.refused,
                 "last_refusal": s.last_refusal,
-                "waiting": backlog.waiting,
-                "oldest_age_seconds": _rounded(_age(backlog.oldest_created, health.wall_time)),
+                # None when the backlog could not be read (never a false 0)
+                "waiting": None if backlog is None else backlog.waiting,
+                "oldest_age_seconds": None
+                if backlog is None
+                else _rounded(_age(backlog.oldest_created, health.wall_time)),
             }
             for s in health.sinks
-            for backlog in (outbox.sinks.get(s.name, NOTHING_WAITING),)
+            for backlog in (outbox.sinks.get(s.name),)
         },
         "outbox": {
             "depth": outbox.depth,

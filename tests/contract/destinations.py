@@ -36,6 +36,11 @@ class Destination(Protocol):
 
     async def accept_all(self) -> None: ...
 
+    def stall(self) -> None:
+        """Hold every byte on the link, both ways, until `cut()`: messages sent from now on
+        stay unacknowledged."""
+        ...
+
     def cut(self) -> None:
         """Drop the link to the gateway and refuse new connections until `heal()`."""
         ...
@@ -83,8 +88,12 @@ class MqttDestination:
         self.broker.acl = ALLOW_ALL
         await asyncio.to_thread(self.broker.reload)
 
+    def stall(self) -> None:
+        self.proxy.pause()
+
     def cut(self) -> None:
         self.proxy.cut()
+        self.proxy.resume()  # new connections flow again once healed
 
     def heal(self) -> None:
         self.proxy.heal()

@@ -125,7 +125,10 @@ async def test_what_was_unacknowledged_at_a_lost_connection_is_sent_again(
     async with forwarding(tmp_path, destination) as run:
         committed = as_committed(await run.commit({"press": 2000, "oven": 2000}))
         await until(lambda: len(destination.items()) > 100, WAIT, "messages flowing")
-        destination.cut()
+        destination.stall()  # from here on nothing sent is acknowledged ...
+        committed |= as_committed(await run.commit({"oven": 300}))
+        await until(lambda: run.forwarder.sink.in_flight() > 0, WAIT, "messages in flight")
+        destination.cut()  # ... and the link drops with them unacknowledged
         await until(lambda: not run.forwarder.status.broker_up, WAIT, "the loss noticed")
         committed |= as_committed(await run.commit({"press": 200}, events=1))  # while away
         await stays(lambda: not run.forwarder.status.broker_up, 0.5, "no connection while cut")
@@ -155,7 +158,8 @@ async def test_nothing_is_lost_across_kill_9(
     assert await process.wait(15) == 0
     last = read_stats(outbox).last_seq
     waiting = {m["seq"] for m in read_waiting(outbox, SINK)}
+    # A seq may be both: delivered, its acknowledgement not recorded before the stop; it is
+    # sent again at the next start (at least once).
     got = await all_arrive(destination, set(range(1, last + 1)) - waiting)
-    assert not set(got) & waiting, "a seq both delivered and waiting"
     assert all(m["id"] for m in got.values())
     ascending_per_source(destination)

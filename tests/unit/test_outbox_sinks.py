@@ -11,7 +11,8 @@ import orjson
 import pytest
 
 from edgegw.outbox.backlog import Selector, takes_all
-from edgegw.outbox.store import Outbox, PendingEvent, read_stats
+from edgegw.outbox.quarantine import QuarantineRecord
+from edgegw.outbox.store import Outbox, PendingEvent, read_stats, read_waiting
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -94,10 +95,62 @@ async def test_what_no_sink_selects_is_not_stored_and_takes_no_seq(
     assert any(line.startswith("no sink selects event:") for line in said)
 
     # Retention's gap message is not stored either when no sink selects gaps.
-    box.max_rows = 1
-    await box.append([telemetry(f"p{i}", "press") for i in range(3, 1003)])
+    box.max_rows = 500
+    for start in range(3, 1003, 100):  # ten segments: the oldest go, the newest stay
+        await box.append([telemetry(f"p{i}", "press") for i in range(start, start + 100)])
     assert box.dropped > 0
-    assert all(row.schema == "edgegw.telemetry/1" for row in await box.claim(0, 5000, "press-only"))
+    stored_kinds = {m["schema"] for m in read_waiting(box.path, None)}  # every stored message
+    assert stored_kinds == {"edgegw.telemetry/1"}
+    await box.close()
+
+
+async def test_an_event_no_sink_took_is_not_remembered_as_sent(tmp_path: Path) -> None:
+    """Its id must not be recorded: once a sink selects events (config changed, restart), the
+    same event detected again is sent, not dropped as "sent before"."""
+    path = tmp_path / "outbox.sqlite3"
+    box = await opened(path, {"telemetry-only": sources("press")})
+    assert await box.append([business("PO1")]) == 0
+    await box.close()
+    box = await opened(path, {"all": takes_all})
+    assert await box.append([business("PO1")]) == 1
+    assert [row.id for row in await box.claim(0, 10, "all")] == ["PO1"]
+    assert box.known_events == 0
+    await box.close()
+
+
+async def test_a_released_event_waits_in_the_quarantine_while_no_sink_takes_events(
+    tmp_path: Path,
+) -> None:
+    box = await opened(tmp_path / "outbox.sqlite3", {"telemetry-only": sources("press")})
+    record = QuarantineRecord(
+        "PO9", "event", "order-started", "contract", None, "qty is missing", "a/e",
+        {"schema": "edgegw.event/order-started/1", "id": "PO9", "data": {}, "seq": 0}, "t",
+        time.time(), time.time(),
+    )  # fmt: skip
+    await box.append([], [record])
+    await box.db.execute("UPDATE quarantine SET released = 1")
+    await box.db.commit()
+    assert await box.move_released() == 0
+    rows = await box.db.execute_fetchall("SELECT id FROM quarantine")
+    assert [row[0] for row in rows] == ["PO9"]  # kept, still released, not lost
+    await box.close()
+
+
+async def test_seq_is_not_reused_after_the_newest_segments_were_tidied_away(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    box = await opened(path, {"a": sources("press"), "b": sources("oven")})
+    await box.append([telemetry(f"p{i}", "press") for i in range(3)])  # 1..3
+    await box.append([telemetry(f"o{i}", "oven") for i in range(3)])  # 4..6
+    await box.delete_acknowledged([1, 2, 3], "a")
+    await box.close()
+    box = await opened(path, {"a": sources("press")})  # b removed: 4..6 deleted at start
+    assert box.depth == 0
+    await box.close()
+    box = await opened(path, {"a": sources("press")})  # nothing appended in between
+    await box.append([telemetry("p9", "press")])
+    assert [row.seq for row in await box.claim(0, 10, "a")] == [7]
     await box.close()
 
 
