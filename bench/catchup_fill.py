@@ -52,6 +52,10 @@ class FillResult:
     groups: int
     group_size: int
     file_mb: float
+    # The outbox file (and its WAL) over the values it holds: what an outage costs on disk
+    # (the fill is the outage: no broker, every value waiting).
+    file_bytes: int
+    bytes_per_value: float
     method: str
 
     def as_dict(self) -> dict[str, object]:
@@ -145,6 +149,7 @@ async def _fill(config: GatewayConfig, source: str, count: int, group: int) -> F
         await outbox.close()
     seconds = time.perf_counter() - t_start
     rows, first, last, distinct = _verify(config.outbox_path)
+    size = _file_bytes(config.outbox_path)
     return FillResult(
         rows=rows,
         seq_first=first,
@@ -157,7 +162,9 @@ async def _fill(config: GatewayConfig, source: str, count: int, group: int) -> F
         rows_per_s=round(rows / seconds, 1) if seconds else 0.0,
         groups=groups,
         group_size=group,
-        file_mb=round(_file_bytes(config.outbox_path) / 2**20, 1),
+        file_mb=round(size / 2**20, 1),
+        file_bytes=size,
+        bytes_per_value=round(size / rows, 1) if rows else 0.0,
         method="edgegw.pipeline.process.Pipeline.process + edgegw.outbox.store.Outbox.append",
     )
 

@@ -6,7 +6,8 @@
 Writes `PREFIX-<stamp>.png` and `PREFIX-latest.png` next to the summary (PREFIX and stamp from
 the summary: `suite`, or `suite-quick` for a `--quick` run). About 1,000 x 650 px, sized to be
 readable at README width. Panels: throughput (per message, batched, their paho ceiling, the
-peer), CPU and RSS at steady load, catch-up seconds, latency; each against its target. Green:
+peer with each storage), CPU and RSS at steady load, catch-up seconds (and bytes per value on
+disk), gateway CPU per value (batched; two sinks against one); each against its target. Green:
 target met, red: not met, blue: no target (context), grey: the ceiling measured in the same run.
 """
 
@@ -147,7 +148,7 @@ def throughput_panel(ax: Axes, summary: dict[str, Any]) -> None:
     for r in rows(summary, "peer", "peer_throughput"):
         ceiling, factor = r.get("ceiling"), target_value(r, "ratio")
         goal = ceiling * factor if ceiling is not None and factor is not None else None
-        groups.append(("vs peer gateway\n(grey: the peer)", r, goal))
+        groups.append((f"vs peer\n{r.get('short') or ''}\n(grey: peer)", r, goal))
     ax.set_title("Throughput end to end, values/s (grey: raw paho QoS 1 in the same run)")
     if not groups:
         empty(ax, status(summary, "per-message", "batch", "peer"))
@@ -172,7 +173,7 @@ def steady_panel(ax: Axes, summary: dict[str, Any], metric: str, title: str, uni
         ]
     if metric == "rss":
         groups += [
-            ("vs peer\n(grey: peer)", r, r.get("ceiling"))
+            (f"vs peer\n{r.get('short') or ''}\n(grey: peer)", r, r.get("ceiling"))
             for r in rows(summary, "peer", "peer_rss")
         ]
     ax.set_title(title)
@@ -194,42 +195,45 @@ def catchup_panel(ax: Axes, summary: dict[str, Any]) -> None:
         bar(ax, x, r.get("figure"), COLOURS[r.get("met")], width=0.5)
         target_mark(ax, x, target_value(r), span=0.35)
     backlog = found[0].get("extras", {}).get("backlog")
-    labels = [r["label"].split(", ")[-1].replace(": drain", "") for r in found]
+    labels = [r.get("short") or r["label"].split(", ")[-1].replace(": drain", "") for r in found]
     ax.set_xticks(range(len(found)), labels, fontsize=7)
     spread(ax, len(found))
-    ax.set_ylabel(f"s for {short(backlog)} rows")
+    ax.set_ylabel(f"s for {short(backlog)} values")
     ax.set_ylim(bottom=0)
     headroom(ax)
+    for r in rows(summary, "catchup", "bytes_per_value"):
+        # One number, no bar: the disk cost of the same backlog, against its target.
+        met = {True: "met", False: "NOT met", None: ""}[r.get("met")]
+        figure = r.get("figure")
+        shown = "n/a" if figure is None else f"{figure:.0f}"
+        goal = target_value(r)
+        ax.set_xlabel(
+            f"on disk: {shown} bytes per value (target {goal:g}) {met}"
+            if goal is not None
+            else f"on disk: {shown} bytes per value",
+            fontsize=7,
+            color=COLOURS[r.get("met")],
+        )
 
 
-def latency_panel(ax: Axes, summary: dict[str, Any]) -> None:
-    added = rows(summary, "latency", "gateway_latency_p99")
-    source = rows(summary, "latency", "source_latency_p99")
-    ax.set_title("Latency at 1,000 values/s, ms (log)")
-    if not added and not source:
-        empty(ax, status(summary, "latency"))
+def cpu_per_value_panel(ax: Axes, summary: dict[str, Any]) -> None:
+    """Gateway CPU per value: batched at full speed (target in µs), and with two sinks
+    (grey: one sink in the same suite run; target a factor of it)."""
+    groups: list[tuple[str, Row, float | None]] = [
+        (f"batched\n{wrap(r['label'].split(':')[0])}", r, target_value(r))
+        for r in rows(summary, "batch", "cpu_per_value")
+    ]
+    for r in rows(summary, "two-sinks", "sinks_cpu_per_value"):
+        ceiling, factor = r.get("ceiling"), target_value(r, "ratio")
+        goal = ceiling * factor if ceiling is not None and factor is not None else None
+        groups.append(("two sinks\n(grey: one)", r, goal))
+    ax.set_title("Gateway CPU per value, µs")
+    if not groups:
+        empty(ax, status(summary, "batch", "two-sinks"))
         return
-    bars: list[tuple[str, float | None, str]] = []
-    for r in added:
-        bars += [("gw p50", r["extras"].get("p50"), COLOURS[None])]
-        bars += [("gw p99", r.get("figure"), COLOURS[r.get("met")])]
-    for r in source:
-        bars += [("src p50", r["extras"].get("p50"), COLOURS[None])]
-        bars += [
-            ("src p99", r.get("figure"), COLOURS[None]),
-            ("raw p99", r.get("ceiling"), CEILING),
-        ]
-    for x, (_, value, colour) in enumerate(bars):
-        bar(ax, x, value, colour, width=0.6)
-    ax.set_xticks(range(len(bars)), [b[0] for b in bars], fontsize=7)
-    spread(ax, len(bars))
-    ax.set_yscale("log")
-    ax.set_ylim(bottom=1)
-    goal = target_value(added[0]) if added else None
-    if goal is not None:
-        ax.axhline(goal, color=TARGET, linestyle="--", linewidth=1.2)
+    pairs(ax, groups, "µs of CPU per value")
+    ax.set_ylim(bottom=0)
     headroom(ax)
-    ax.set_xlabel("gw: added by the gateway, src: from source timestamp", fontsize=7)
 
 
 def title(summary: dict[str, Any]) -> str:
@@ -254,12 +258,12 @@ def render(summary: dict[str, Any]) -> Figure:
         fig.add_subplot(grid[0, 2]),
         summary,
         "cpu",
-        "Steady load: gateway CPU\n(grey: raw asyncua client)",
+        "Steady load: gateway CPU",
         "% of one core",
     )
     steady_panel(fig.add_subplot(grid[1, 0]), summary, "rss", "Steady load: peak RSS, MB", "MB")
     catchup_panel(fig.add_subplot(grid[1, 1]), summary)
-    latency_panel(fig.add_subplot(grid[1, 2]), summary)
+    cpu_per_value_panel(fig.add_subplot(grid[1, 2]), summary)
     fig.suptitle(title(summary), fontsize=8.5)
     return fig
 

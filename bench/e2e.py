@@ -9,7 +9,8 @@ For each tag count and each run, everything is started fresh in a temporary dire
 3. the Modbus simulator with `--bench-registers N` (registers 1000.. change at every read, so
    report-by-exception publishes every value read),
 4. `edgegw run -c CONFIG` (N uint16 tags split into sources of `--tags-per-source`, one Modbus
-   connection each, all on the same simulator).
+   connection each, all on the same simulator). With `--sinks N`, N-1 more private Mosquittos
+   and one more MQTT sink (`sinks:` entry) on each; the subscriber counts the first broker.
 
 After the first telemetry message and `--warmup` seconds, a window of `--seconds` measures:
 values/s received by the subscriber, gateway CPU (user+system) per 1,000 values received,
@@ -44,6 +45,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -263,6 +265,17 @@ class Sampler(threading.Thread):
 # -- one run -----------------------------------------------------------------------------------
 
 
+def mqtt_section(port: int, args: argparse.Namespace) -> dict[str, Any]:
+    """The keys of one MQTT sink (the `mqtt:` section, or an entry of `sinks:` with a name
+    and `type: mqtt` added): qos 1, the bench's in-flight window, batching if asked."""
+    return {
+        "url": f"mqtt://127.0.0.1:{port}",
+        "qos": 1,
+        "inflight": args.inflight,
+        **({"batch": {"max_values": args.batch, "max_delay": "100ms"}} if args.batch else {}),
+    }
+
+
 def gateway_config(
     tmp: Path,
     mqtt_port: int,
@@ -270,7 +283,10 @@ def gateway_config(
     tags: int,
     per_source: int,
     args: argparse.Namespace,
+    extra_brokers: Sequence[int] = (),
 ) -> dict[str, Any]:
+    """The gateway's config; one more MQTT sink (`sinks:` entry mqtt2, mqtt3, ...) per port
+    of `extra_brokers`, besides the `mqtt:` section (the sink named mqtt)."""
     sources = []
     for k, first in enumerate(range(0, tags, per_source)):
         count = min(per_source, tags - first)
@@ -295,12 +311,17 @@ def gateway_config(
             "line": "l",
             "state_dir": str(tmp / "state"),
         },
-        "mqtt": {
-            "url": f"mqtt://127.0.0.1:{mqtt_port}",
-            "qos": 1,
-            "inflight": args.inflight,
-            **({"batch": {"max_values": args.batch, "max_delay": "100ms"}} if args.batch else {}),
-        },
+        "mqtt": mqtt_section(mqtt_port, args),
+        **(
+            {
+                "sinks": [
+                    {"name": f"mqtt{k}", "type": "mqtt", **mqtt_section(port, args)}
+                    for k, port in enumerate(extra_brokers, start=2)
+                ]
+            }
+            if extra_brokers
+            else {}
+        ),
         "outbox": {"synchronous": args.synchronous},
         "sources": sources,
     }
@@ -401,6 +422,8 @@ def run_once(
 ) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix=f"edgegw-bench-{tags}-"))
     mqtt_port, modbus_port = free_port(), free_port()
+    # --sinks N: N-1 more brokers, one more sink each; the subscriber counts the first only.
+    extra_ports = [free_port() for _ in range(args.sinks - 1)]
     procs: dict[str, subprocess.Popen[Any]] = {}
     sub: RawSubscriber | PahoSubscriber | None = None
     sampler: Sampler | None = None
@@ -408,6 +431,9 @@ def run_once(
     try:
         # 1. broker, subscriber, simulator
         procs["mosquitto"] = start_mosquitto(tmp, mqtt_port)
+        for k, port in enumerate(extra_ports, start=2):
+            (tmp / f"broker{k}").mkdir()
+            procs[f"mosquitto{k}"] = start_mosquitto(tmp / f"broker{k}", port)
         kinds = {TELEMETRY_PREFIX: "gw", BASE_PREFIX: "base"}
         sub_cls = RawSubscriber if args.subscriber == "raw" else PahoSubscriber
         sub = sub_cls("127.0.0.1", mqtt_port, kinds)
@@ -415,10 +441,13 @@ def run_once(
         procs["simulator"] = start_modbus_simulator(tmp, modbus_port, tags)
 
         # 2. the gateway
-        cfg = gateway_config(tmp, mqtt_port, modbus_port, tags, args.tags_per_source, args)
+        cfg = gateway_config(
+            tmp, mqtt_port, modbus_port, tags, args.tags_per_source, args, extra_ports
+        )
         config_path = tmp / "edgegw.yaml"
         config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         result["sources"] = len(cfg["sources"])
+        result["sinks"] = 1 + len(cfg.get("sinks", []))
         gw_log = tmp / "gateway.log"
         started = time.monotonic()
         gateway_cmd = (
@@ -449,7 +478,8 @@ def run_once(
         time.sleep(args.warmup)
 
         # 3. the measured window
-        others = {name: psutil.Process(procs[name].pid) for name in ("simulator", "mosquitto")}
+        # simulator, mosquitto (and mosquitto2.. with --sinks): everything but the gateway.
+        others = {name: psutil.Process(p.pid) for name, p in procs.items() if name != "gateway"}
         others["bench+subscriber"] = psutil.Process()
         stats0, ts0 = outbox_stats(config_path)
         busy0, total0 = machine_busy()
@@ -517,6 +547,11 @@ def run_once(
             outbox_depth_growth_per_s=round((stats1["depth"] - stats0["depth"]) / (ts1 - ts0), 1),
             outbox_dropped=stats1["dropped"],
             outbox_file_mb_end=round(stats1["file_bytes"] / 2**20, 1),
+            # Per sink, what it had not acknowledged at the end of the window: with --sinks,
+            # whether the sinks the subscriber does not count kept up too.
+            sink_waiting_end={
+                name: sink.get("waiting") for name, sink in stats1.get("sinks", {}).items()
+            },
             values_per_s_series=series,
             gateway_threads_cpu_percent={
                 n: round(100 * (th1[n] - th0.get(n, 0.0)) / elapsed, 1)
@@ -614,7 +649,7 @@ def run_once(
             sampler.stop()
         if sub is not None:
             sub.stop()
-        for name in ("gateway", "simulator", "mosquitto"):
+        for name in ("gateway", "simulator", *(n for n in procs if n.startswith("mosquitto"))):
             stop_process(procs.get(name))
         if not args.keep_tmp and not profile:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -709,8 +744,8 @@ def summarise_config(
     tags: int, runs: list[dict[str, Any]], args: argparse.Namespace
 ) -> dict[str, Any]:
     med = {m: median([r.get(m) for r in runs]) for m in METRICS}
-    for name in ("simulator", "mosquitto", "bench+subscriber"):
-        med[f"{name}_cpu_percent"] = median([r["other_cpu_percent"][name] for r in runs])
+    for name in runs[0]["other_cpu_percent"]:  # simulator, mosquitto(2..), bench+subscriber
+        med[f"{name}_cpu_percent"] = median([r["other_cpu_percent"].get(name) for r in runs])
     baselines: dict[str, Any] = {}
     for client in args.baselines:
         rows = [r["baselines"][client] for r in runs if client in r.get("baselines", {})]
@@ -734,6 +769,7 @@ def summarise_config(
         "tags": tags,
         "sources": runs[0].get("sources"),
         "tags_per_source": args.tags_per_source,
+        "sinks": args.sinks,
         "poll": args.poll,
         "offered_values_per_s": round(tags / args.poll_s, 1),
         "runs": runs,
@@ -810,6 +846,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="mqtt.batch with max_values N (0: one message per value, the default)",
     )
     p.add_argument(
+        "--sinks",
+        type=int,
+        default=1,
+        metavar="N",
+        help="MQTT sinks, each on its own Mosquitto: the mqtt: section and N-1 entries of "
+        "sinks: (mqtt2, ...) with the same keys; the subscriber counts the first broker only",
+    )
+    p.add_argument(
         "--synchronous",
         choices=["full", "normal", "extra"],
         default="full",
@@ -862,6 +906,9 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM -> SystemExit, so that every `finally` stops the processes this run started.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     args.poll_s = parse_duration(args.poll)
+    if args.sinks < 1:
+        print("--sinks must be >= 1", file=sys.stderr)
+        return 2
     if not os.path.exists(MOSQUITTO):
         print(f"{MOSQUITTO} not found (apt-get install mosquitto)", file=sys.stderr)
         return 2

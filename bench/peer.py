@@ -15,7 +15,8 @@ interval and run, everything is started fresh in a temporary directory, on free 
    read, so every value read is a new value),
 4. `thingsboard-gateway` with `TB_GW_CONFIG_DIR` = its config written by `bench.peer_tb`:
    N uint16 holding-register tags as telemetry, `--tags-per-device` tags per device, all
-   devices on the simulator's one host:port (the peer then shares one Modbus connection).
+   devices on the simulator's one host:port (the peer then shares one Modbus connection);
+   `--storage` memory (default) or sqlite (its durable storage, in the run's temp directory).
 
 After the first telemetry message and `--warmup` seconds, a window of `--seconds` measures the
 values/s received, the peer's CPU (all processes and threads of its tree, % of one core) and
@@ -63,6 +64,7 @@ from bench.e2e import (
 )
 from bench.peer_tb import (
     PEER_VENV,
+    STORAGES,
     Layout,
     PeerTelemetryCounter,
     SessionLimitsResponder,
@@ -79,8 +81,15 @@ class TreeSampler(Sampler):
     """`Sampler` over a process and its children: RSS summed at each sample, CPU summed.
 
     The peer is one process today; summing the tree keeps the figures honest if a connector
-    or a pip install at start spawns helpers.
+    or a pip install at start spawns helpers. Every process seen is added to `seen` (pid ->
+    create time), so that whoever runs something next can wait until they are all gone.
     """
+
+    def __init__(self, proc: psutil.Process, seen: dict[int, float], interval: float = 0.5) -> None:
+        super().__init__(proc, interval)
+        self.seen = seen
+        with contextlib.suppress(psutil.Error):
+            seen.setdefault(proc.pid, proc.create_time())
 
     def run(self) -> None:
         while not self._stop_evt.is_set():
@@ -91,6 +100,7 @@ class TreeSampler(Sampler):
             rss = cpu = 0.0
             for p in procs:
                 with contextlib.suppress(psutil.Error):
+                    self.seen.setdefault(p.pid, p.create_time())
                     rss += p.memory_info().rss
                     cpu += cpu_seconds(p)
             self.samples.append((time.monotonic(), int(rss), cpu))
@@ -241,7 +251,11 @@ def window_figures(w: dict[str, Any], tags: int, layout: Layout, poll_s: float) 
     return out
 
 
-def run_once(tags: int, poll: str, run_index: int, args: argparse.Namespace) -> dict[str, Any]:
+def run_once(
+    tags: int, poll: str, run_index: int, args: argparse.Namespace, seen: dict[int, float]
+) -> dict[str, Any]:
+    """One run; `seen` gets every process of the peer's tree (pid -> create time), also when
+    the run fails."""
     poll_s = parse_duration(poll)
     layout = Layout(tags, args.tags_per_device, args.layout, args.max_registers)
     tmp = Path(tempfile.mkdtemp(prefix=f"edgegw-peer-{tags}-"))
@@ -260,13 +274,20 @@ def run_once(tags: int, poll: str, run_index: int, args: argparse.Namespace) -> 
         responder.start()
         procs["simulator"] = start_modbus_simulator(tmp, modbus_port, tags)
         write_peer_config(
-            tmp / "config", mqtt_port, modbus_port, round(poll_s * 1000), layout, args.read_records
+            tmp / "config",
+            mqtt_port,
+            modbus_port,
+            round(poll_s * 1000),
+            layout,
+            args.read_records,
+            args.storage,
         )
         started = time.monotonic()
         peer = start_peer(tmp)
         peer_ps = psutil.Process(peer.pid)
-        sampler = TreeSampler(peer_ps)
+        sampler = TreeSampler(peer_ps, seen)
         sampler.start()
+        result["storage"] = args.storage
         wait_first_telemetry(counter, responder, peer, tmp, args.start_timeout)
         result["first_message_s"] = round(time.monotonic() - started, 2)
         time.sleep(args.warmup)
@@ -339,6 +360,7 @@ def summarise_config(
     return {
         "tags": tags,
         "poll": poll,
+        "storage": args.storage,
         "devices": layout.devices,
         "tags_per_device": args.tags_per_device,
         "layout": args.layout,
@@ -370,9 +392,11 @@ def print_table(configs: list[dict[str, Any]]) -> None:
             f"{fmt(m['cpu_ms_per_1k_values'], '.1f'):>6} {fmt(m['peak_rss_mb'], '.0f'):>6} "
             f"{c['failed_runs']:>6}"
         )
+    storage = configs[0]["storage"] if configs else "?"
     print(
-        "(medians over runs; values/s = values inside the peer's v1/gateway/telemetry messages "
-        "received per second; CPU = the peer's process tree, % of one core)"
+        f"(medians over runs; {storage} storage; values/s = values inside the peer's "
+        "v1/gateway/telemetry messages received per second; CPU = the peer's process tree, % of "
+        "one core)"
     )
 
 
@@ -442,10 +466,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="maxRegistersPerRequest of the range entries (peer default 16, Modbus limit 125)",
     )
     p.add_argument(
+        "--storage",
+        choices=STORAGES,
+        default="memory",
+        help="the peer's event storage: memory (fastest, lost on a crash) or sqlite (durable, "
+        "in the run's temp directory: the counterpart of edgegw's outbox)",
+    )
+    p.add_argument(
         "--read-records",
         type=int,
         default=1000,
-        help="storage.read_records_count: events packed per send round (shipped config: 100)",
+        help="events packed per send round: storage.read_records_count (memory; shipped "
+        "config: 100) or storage.max_read_records_count (sqlite; its default 1000)",
     )
     p.add_argument(
         "--start-timeout", type=float, default=120.0, help="seconds to wait for the first value"
@@ -474,11 +506,15 @@ def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
             runs = []
             for i in range(args.runs):
                 t = time.monotonic()
+                seen: dict[int, float] = {}
                 try:
-                    r = run_once(tags, poll, i + 1, args)
+                    r = run_once(tags, poll, i + 1, args, seen)
                 except (RuntimeError, OSError, psutil.Error) as exc:
                     # OSError: a bench MQTT client could not connect; psutil: the peer vanished.
                     r = {"run": i + 1, "tags": tags, "poll": poll, "error": str(exc)}
+                # [pid, create time] of every process of the peer's tree: `bench.suite` waits
+                # until they are gone before it measures anything else.
+                r["peer_processes"] = [[pid, at] for pid, at in sorted(seen.items())]
                 runs.append(r)
                 print_run(r, args.runs, time.monotonic() - t)
             configs.append(summarise_config(tags, poll, runs, args))

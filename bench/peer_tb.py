@@ -41,6 +41,7 @@ RPC_REQUEST_FILTER = "v1/devices/me/rpc/request/+"
 RPC_REQUEST_PREFIX = "v1/devices/me/rpc/request/"
 RPC_RESPONSE_PREFIX = "v1/devices/me/rpc/response/"
 FIRST_REGISTER = 1000  # simulators.modbus_plc --bench-registers: holding 1000.. change per read
+STORAGES = ("memory", "sqlite")
 
 # What the peer waits for before it publishes anything (read from thingsboard-gateway 3.8.5
 # and tb-mqtt-client 1.13 in the peer venv):
@@ -214,7 +215,28 @@ def modbus_config(modbus_port: int, poll_ms: int, layout: Layout) -> dict[str, A
     return {"name": "Modbus", "logLevel": "WARNING", "master": {"slaves": slaves}}
 
 
-def gateway_config(mqtt_port: int, read_records: int) -> dict[str, Any]:
+def storage_config(storage: str, read_records: int, data_dir: Path) -> dict[str, Any]:
+    """The peer's `storage` section. Keys read from thingsboard-gateway 3.8.5:
+    memory: `storage/memory/memory_event_storage.py` (`max_records_count`, `read_records_count`);
+    sqlite: `storage/sqlite/storage_settings.py` (`data_file_path` is a directory, with the
+    trailing slash, holding `data.db`; `max_read_records_count` = events per send round;
+    `writing_batch_size` 1000, `size_limit` 1024 MB and `max_db_amount` 10 left at their
+    defaults). Its connection runs WAL with `synchronous=NORMAL` (database_connector.py)."""
+    if storage == "sqlite":
+        # The durable one, the counterpart of edgegw's outbox (which runs synchronous=FULL).
+        return {
+            "type": "sqlite",
+            "data_file_path": f"{data_dir}/",
+            "messages_ttl_check_in_hours": 1,
+            "messages_ttl_in_days": 7,
+            "max_read_records_count": read_records,
+        }
+    # Memory: the fastest of the three (file and SQLite write every event to disk), and lost
+    # on a crash; read_records_count is how many events the send thread packs into one round.
+    return {"type": "memory", "read_records_count": read_records, "max_records_count": 100000}
+
+
+def gateway_config(mqtt_port: int, storage: dict[str, Any]) -> dict[str, Any]:
     return {
         "thingsboard": {
             "host": "127.0.0.1",
@@ -237,13 +259,7 @@ def gateway_config(mqtt_port: int, read_records: int) -> dict[str, Any]:
             "reportStrategy": {"type": "ON_RECEIVED"},
             "checkingDeviceActivity": {"checkDeviceInactivity": False},
         },
-        # Memory storage: the fastest of the three (file and SQLite write every event to disk);
-        # read_records_count is how many events the send thread packs into one round.
-        "storage": {
-            "type": "memory",
-            "read_records_count": read_records,
-            "max_records_count": 100000,
-        },
+        "storage": storage,
         "grpc": {"enabled": False},
         "connectors": [{"type": "modbus", "name": "Modbus", "configuration": "modbus.json"}],
     }
@@ -278,10 +294,17 @@ def write_peer_config(
     poll_ms: int,
     layout: Layout,
     read_records: int,
+    storage: str,
 ) -> None:
+    """The peer's three files in `config_dir`; its SQLite storage (if any) in a `data`
+    directory beside it, so that it goes with the run's temp directory."""
     config_dir.mkdir(parents=True, exist_ok=True)
+    data_dir = config_dir.parent / "data"
+    data_dir.mkdir(exist_ok=True)
     files = {
-        "tb_gateway.json": gateway_config(mqtt_port, read_records),
+        "tb_gateway.json": gateway_config(
+            mqtt_port, storage_config(storage, read_records, data_dir)
+        ),
         "modbus.json": modbus_config(modbus_port, poll_ms, layout),
         "logs.json": logs_config(),
     }
