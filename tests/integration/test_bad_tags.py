@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from edgegw.sources.modbus.driver import ModbusSource
 from simulators.modbus_plc import ModbusPlc
 from tests.support import http
 from tests.support.broker import Mosquitto
+from tests.support.cli import run_edgegw
 from tests.support.gateway import bench_tags, config_dict, running_gateway, write_config
 from tests.support.wait import until
 
@@ -128,14 +127,7 @@ async def test_health_metrics_and_status_show_bad_tags(
         code, text = await asyncio.to_thread(http.get, port, "/metrics")
         assert 'edgegw_tags_bad{source="plc"} 1\n' in text
         config = write_config(tmp_path / "gw.yaml", data)
-        shown = await asyncio.to_thread(
-            subprocess.run,
-            [sys.executable, "-m", "edgegw", "status", "-c", str(config)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        shown = await asyncio.to_thread(run_edgegw, "status", "-c", str(config))
     assert shown.returncode == 1, shown.stderr
     assert "up, 1 BAD TAG" in shown.stdout
     row = next(line for line in shown.stdout.splitlines() if "tag door" in line)

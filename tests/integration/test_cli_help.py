@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import argparse
 import re
-import subprocess
-import sys
 
 import pytest
 
 from edgegw.cli.main import build_parser
+from tests.support.cli import run_edgegw
 
 # The commands and options the README and docs/*.md name (pinned here, not read from the
 # parser: a command or option that disappears must fail this test).
@@ -65,12 +64,7 @@ def test_every_command_is_documented_and_every_documented_one_exists() -> None:
 
 @pytest.mark.parametrize("words", sorted(DOCUMENTED), ids=lambda w: " ".join(w) or "edgegw")
 def test_help_exits_0_and_names_the_options(words: tuple[str, ...]) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "edgegw", *words, "--help"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = run_edgegw(*words, "--help", timeout=30)
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     text = result.stdout

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from simulators.mes_consumer import MesConsumer
 from simulators.modbus_plc import ModbusPlc
 from tests.conftest import StartModbusPlc
 from tests.support.broker import Mosquitto
+from tests.support.cli import run_edgegw
 from tests.support.gateway import GatewayProcess, write_config
 from tests.support.subscriber import Subscriber
 from tests.support.wait import until
@@ -107,9 +107,7 @@ def config(state_dir: Path, mqtt_port: int, modbus_port: int) -> dict[str, Any]:
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "edgegw", *args], capture_output=True, text=True, timeout=60
-    )
+    return run_edgegw(*args)
 
 
 def replay_twice(port: int, messages: list[tuple[str, bytes]]) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import pytest
 from simulators.modbus_plc import ModbusPlc
 from tests.support import http
 from tests.support.broker import Mosquitto
+from tests.support.cli import run_edgegw
 from tests.support.gateway import (
     GatewayProcess,
     bench_tags,
@@ -74,12 +74,7 @@ def credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def _check(path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "edgegw", "check", "-c", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    return run_edgegw("check", "-c", str(path), timeout=30)
 
 
 def _tls_subscriber(broker: Mosquitto, pki: TestPki) -> Subscriber:

@@ -19,6 +19,7 @@ import pytest
 
 from simulators.modbus_plc import ModbusPlc
 from tests.support.broker import Mosquitto
+from tests.support.cli import run_edgegw
 from tests.support.gateway import (
     GatewayProcess,
     bench_tags,
@@ -35,13 +36,7 @@ pytestmark = pytest.mark.timeout(360)
 
 
 def _edgegw(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "edgegw", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_edgegw(*args, timeout=120)
 
 
 async def test_second_instance_on_one_state_dir_exits_and_the_first_stays_whole(

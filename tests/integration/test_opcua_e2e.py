@@ -7,7 +7,6 @@ import asyncio
 import datetime as dt
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import yaml
 from simulators.opcua_plc import NAMESPACE_URI, OpcUaPlc
 from tests.conftest import StartOpcUaPlc
 from tests.support.broker import Mosquitto
+from tests.support.cli import run_edgegw
 from tests.support.gateway import GatewayProcess, write_config
 from tests.support.subscriber import Subscriber
 from tests.support.wait import until
@@ -121,9 +121,7 @@ async def test_subscribed_and_polled_sources_reach_mqtt_and_survive_a_server_res
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "edgegw", *args], capture_output=True, text=True, timeout=60
-    )
+    return run_edgegw(*args)
 
 
 async def test_browse_prints_tags_that_check_accepts(plc: OpcUaPlc, tmp_path: Path) -> None:

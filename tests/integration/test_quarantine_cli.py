@@ -5,10 +5,8 @@ released records into the outbox every 2 s), without a restart."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from edgegw.outbox.quarantine import QuarantineRecord
 from edgegw.outbox.store import Outbox
 from simulators.modbus_plc import ModbusPlc
 from tests.support.broker import Mosquitto
+from tests.support.cli import run_edgegw
 from tests.support.gateway import GatewayProcess, config_dict, write_config
 from tests.support.subscriber import Subscriber
 from tests.support.wait import until
@@ -35,13 +34,7 @@ FAR_ZONE = {"TZ": "Australia/Sydney"}
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "edgegw", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, **(env or {})},
-    )
+    return run_edgegw(*args, env=env or {})
 
 
 async def acli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

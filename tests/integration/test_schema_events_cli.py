@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import pytest
 
 from simulators.modbus_plc import ModbusPlc
 from tests.support.broker import Mosquitto
+from tests.support.cli import run_edgegw
 from tests.support.gateway import GatewayProcess, config_dict, write_config
 from tests.support.subscriber import Subscriber
 
@@ -27,9 +27,7 @@ ENVELOPES = {"edgegw.telemetry-1", "edgegw.event-1", "edgegw.gap-1", "edgegw.bat
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "edgegw", *args], capture_output=True, text=True, timeout=60
-    )
+    return run_edgegw(*args)
 
 
 def line_config(state_dir: Path, mqtt_port: int, modbus_port: int) -> dict[str, Any]:

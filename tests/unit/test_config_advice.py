@@ -7,6 +7,7 @@ from pathlib import Path
 
 from edgegw.config.advice import ConfigWarning, config_warnings
 from edgegw.config.loader import load_config
+from tests.support.cli import run_edgegw
 
 HEAD = """\
 gateway: {id: gw1, site: s, area: a, line: l, state_dir: /tmp/unused}
@@ -156,18 +157,11 @@ def test_the_readme_example_cycles_without_warnings_or_quarantine(tmp_path: Path
 
 
 def test_check_prints_the_warnings_and_still_passes(tmp_path: Path) -> None:
-    import subprocess
-    import sys
 
     path = tmp_path / "gw.yaml"
     text = HEAD.replace("/tmp/unused", str(tmp_path / "state"))
     path.write_text(text + "    transitions: {created: [released], released: [running]}\n")
-    done = subprocess.run(
-        [sys.executable, "-m", "edgegw", "check", "-c", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_edgegw("check", "-c", str(path))
     assert done.returncode == 0, done.stderr
     assert done.stdout == f"{path}: ok (1 sources, 1 tags)\n"
     assert done.stderr.splitlines() == [

@@ -7,13 +7,12 @@ prints the actual output on mismatch.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from edgegw.cli.main import EX_CONFIG, main
+from tests.support.cli import run_edgegw
 
 CASES = sorted(p for p in (Path(__file__).parent.parent / "configs").iterdir() if p.is_dir())
 
@@ -37,14 +36,7 @@ def test_config_case(
 def test_check_and_run_exit_78_with_both_errors_positioned() -> None:
     case = Path(__file__).parent.parent / "configs" / "unknown-key-and-type"
     for command in ("check", "run"):
-        result = subprocess.run(
-            [sys.executable, "-m", "edgegw", command, "-c", "config.yaml"],
-            cwd=case,
-            capture_output=True,
-            text=True,
-            timeout=20,
-            check=False,
-        )
+        result = run_edgegw(command, "-c", "config.yaml", cwd=case, timeout=20)
         assert result.returncode == 78, result.stderr
         assert (
             "config.yaml:6:5 sources[0].pol: unknown key 'pol'; did you mean 'poll'?"
