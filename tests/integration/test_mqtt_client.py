@@ -18,7 +18,7 @@ from edgegw.sinks.mqtt.client import MqttClient
 from edgegw.sinks.mqtt.properties import pack_publish_properties
 from edgegw.sinks.mqtt.reasons import reason_text
 from edgegw.sinks.mqtt.settings import MqttSettings
-from tests.support.broker import Mosquitto
+from tests.support.broker import Mosquitto, running_mosquitto
 from tests.support.subscriber import Received, Subscriber
 from tests.support.wait import until
 
@@ -358,12 +358,8 @@ ACL = "topic readwrite acme/#\ntopic deny acme/plant1/line1/press-01/secret\n"
 @pytest.fixture
 def acl_broker() -> Iterator[Mosquitto]:
     """Anonymous clients may use acme/#, except DENIED (neither publish nor receive)."""
-    broker = Mosquitto(acl=ACL)
-    broker.start()
-    try:
+    with running_mosquitto(acl=ACL) as broker:
         yield broker
-    finally:
-        broker.cleanup()
 
 
 async def test_a_denied_publish_gets_puback_0x87_from_mosquitto(acl_broker: Mosquitto) -> None:
