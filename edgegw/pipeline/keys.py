@@ -19,15 +19,37 @@ EVENT_NAMESPACE = uuid.UUID("3c9a7f52-8d4e-5b61-9f2a-7e0d4c1b8a93")
 _TELEMETRY_SHA1 = hashlib.sha1(TELEMETRY_NAMESPACE.bytes, usedforsecurity=False)
 
 
+# The RFC 4122 variant digit (10xx) for each hex digit a digest can hold there.
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+
+
+def uuid5_hex(digest_hex: str) -> str:
+    """The UUIDv5 text of a SHA-1 hex digest (of namespace bytes + name): its first 32 digits
+    with the version and variant set. Text slicing: a third cheaper than setting bits in a
+    bytearray and printing that (measured 1.11 vs 1.50 µs per key with the hash)."""
+    h = digest_hex
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
+
+
 def uuid5_text(namespace_sha1: hashlib._Hash, name: str) -> str:
     """`str(uuid.uuid5(namespace, name))` from a SHA-1 state holding `namespace.bytes`."""
     digest = namespace_sha1.copy()
     digest.update(name.encode())
-    raw = bytearray(digest.digest()[:16])
-    raw[6] = (raw[6] & 0x0F) | 0x50  # version 5
-    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
-    text = raw.hex()
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+    return uuid5_hex(digest.hexdigest())
+
+
+def telemetry_key_name_head(gateway: str, source: str, tag: str) -> bytes:
+    """The fixed start of a tag's telemetry key name (`gateway␟source␟tag␟`), made once per
+    tag; per value only `TS␟quality␟VALUE` follows (`telemetry_key_from_head`). Bytes rather
+    than a SHA-1 state fed with them: 10,000 such states held 2.2 MB, for 0.1 µs per value."""
+    return f"{gateway}\x1f{source}\x1f{tag}\x1f".encode()
+
+
+def telemetry_key_from_head(head: bytes, stamp: bytes, value_json: bytes) -> str:
+    """The telemetry key of a tag's name head, `TS␟quality␟` as bytes, and the value's JSON."""
+    digest = _TELEMETRY_SHA1.copy()
+    digest.update(head + stamp + value_json)
+    return uuid5_hex(digest.hexdigest())
 
 
 def key_micros(source_ts: float) -> int:

@@ -13,7 +13,7 @@ import orjson
 from edgegw.config.model import GatewayConfig
 from edgegw.config.types import parse_deadband
 from edgegw.outbox.store import PendingEvent
-from edgegw.pipeline.keys import key_micros, telemetry_key_at
+from edgegw.pipeline.keys import key_micros, telemetry_key_from_head, telemetry_key_name_head
 from edgegw.reading import Reading, Value
 from edgegw.timefmt import iso_utc
 
@@ -24,6 +24,7 @@ _new = tuple.__new__
 @dataclass(slots=True)
 class _TagState:
     topic: str
+    key_head: bytes  # keys.telemetry_key_name_head of the tag
     unit: str | None
     deadband: float | None
     deadband_percent: bool
@@ -46,6 +47,9 @@ class TelemetryBuilder:
     def __init__(self, config: GatewayConfig) -> None:
         self.gateway = config.gateway.id
         self._tags: dict[tuple[str, str], _TagState] = {}
+        # The same states by source, then tag: a batch holds one source's readings, so the
+        # builder looks its source up once and each tag by its name (no key tuple per value).
+        self._by_source: dict[str, dict[str, _TagState]] = {}
         fields = config.topic_fields()
         for source in config.data_sources():
             for tag in source.tags:
@@ -53,13 +57,16 @@ class TelemetryBuilder:
                 if tag.deadband is not None:
                     size, percent = parse_deadband(tag.deadband)
                 topic = config.mqtt.topic.format(**fields, source=source.name, tag=tag.name)
-                self._tags[(source.name, tag.name)] = _TagState(
+                state = _TagState(
                     topic=topic,
+                    key_head=telemetry_key_name_head(self.gateway, source.name, tag.name),
                     unit=tag.unit,
                     deadband=size,
                     deadband_percent=percent,
                     heartbeat=tag.heartbeat if tag.heartbeat is not None else source.heartbeat,
                 )
+                self._tags[(source.name, tag.name)] = state
+                self._by_source.setdefault(source.name, {})[tag.name] = state
         self.suppressed = 0  # readings not published: unchanged within deadband
 
     def carry_from(self, old: TelemetryBuilder) -> None:
@@ -81,50 +88,61 @@ class TelemetryBuilder:
         return self._tags[(source, tag)].topic
 
     def build(self, readings: list[Reading]) -> list[PendingEvent]:
+        # The loop runs once per value read: what is the same for many values (the source's
+        # tags, a timestamp's text and key stamp) is worked out once per change of it.
         events: list[PendingEvent] = []
+        append = events.append
+        dumps = orjson.dumps
         now = time.monotonic()
+        gateway = self.gateway
+        changed = self._changed
+        suppressed = 0
+        tags: dict[str, _TagState] = {}
+        last_source: str | None = None
         last_ts = last_received = -1.0
+        last_quality = ""
         ts_text = received_text = ""
         micros = 0
+        stamp = b""
         # One random draw for the whole call: a syscall per value costs more than the rest of
         # its trace id.
         traces = os.urandom(8 * len(readings)).hex()
-        for index, reading in enumerate(readings):
-            state = self._tags.get((reading.source, reading.tag))
+        for index, (source, tag, value, quality, source_ts, received_ts, reason) in enumerate(
+            readings
+        ):
+            if source != last_source:
+                last_source = source
+                tags = self._by_source.get(source, {})
+            state = tags.get(tag)
             if state is None:
                 continue
-            value, quality, reason = reading.value, reading.quality, reading.reason
-            if quality == "good" and isinstance(value, float) and not math.isfinite(value):
+            if quality == "good" and type(value) is float and not math.isfinite(value):
                 # A non-finite number is never published as a good value.
                 value, quality, reason = None, "bad", f"value is {value}"
-            if not self._changed(state, value, quality, reason, now):
-                self.suppressed += 1
+            if not changed(state, value, quality, reason, now):
+                suppressed += 1
                 continue
             state.published = True
             state.value, state.quality, state.reason = value, quality, reason
             state.published_at = now
-            if reading.source_ts != last_ts:
-                last_ts = reading.source_ts
-                ts_text = iso_utc(last_ts)
-                micros = key_micros(last_ts)
-            if reading.received_ts != last_received:
-                last_received = reading.received_ts
-                received_text = iso_utc(last_received)
+            if source_ts != last_ts or quality != last_quality:
+                if source_ts != last_ts:
+                    last_ts = source_ts
+                    ts_text = iso_utc(source_ts)
+                    micros = key_micros(source_ts)
+                last_quality = quality
+                stamp = f"{micros}\x1f{quality}\x1f".encode()
+            if received_ts != last_received:
+                last_received = received_ts
+                received_text = iso_utc(received_ts)
             trace = traces[16 * index : 16 * index + 16]
-            key = telemetry_key_at(
-                self.gateway,
-                reading.source,
-                reading.tag,
-                micros,
-                quality,
-                orjson.dumps(value).decode(),
-            )
+            key = telemetry_key_from_head(state.key_head, stamp, dumps(value))
             payload: dict[str, Any] = {
                 "schema": TELEMETRY_SCHEMA,
                 "id": key,
-                "gateway": self.gateway,
-                "source": reading.source,
-                "tag": reading.tag,
+                "gateway": gateway,
+                "source": source,
+                "tag": tag,
                 "value": value,
                 "unit": state.unit,
                 "quality": quality,
@@ -136,12 +154,13 @@ class TelemetryBuilder:
             if reason is not None:
                 payload["reason"] = reason
             # tuple.__new__: see Outbox.claim (a named tuple's __new__ doubles the cost).
-            events.append(
+            append(
                 _new(
                     PendingEvent,
-                    (key, TELEMETRY_SCHEMA, state.topic, payload, trace, last_received, micros),
+                    (key, TELEMETRY_SCHEMA, state.topic, payload, trace, received_ts, micros),
                 )
             )
+        self.suppressed += suppressed
         return events
 
     @staticmethod

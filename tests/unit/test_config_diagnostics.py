@@ -616,3 +616,42 @@ def test_a_config_issue_formats_as_one_line() -> None:
 def test_did_you_mean(word: str, expected: str | None) -> None:
     candidates = ["poll", "unit", "int16", "uint16", "modbus", "opcua", "name"]
     assert did_you_mean(word, candidates) == expected
+
+
+# --- either parser ----------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+SAMPLE_CONFIGS = sorted(
+    [*REPO.glob("config/*.yaml"), *REPO.glob("tests/configs/*/config.yaml")], key=str
+)
+
+
+@pytest.mark.parametrize("path", SAMPLE_CONFIGS, ids=lambda p: str(p.relative_to(REPO)))
+def test_libyaml_and_pure_python_parsers_give_the_same_data_and_positions(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # libyaml composes the config when it is installed (faster, less memory); a machine
+    # without it must read every file to the same data with the same positions.
+    import yaml
+
+    text = path.read_text(encoding="utf-8")
+    fast = _loaded(text, path.name)
+    monkeypatch.setattr(yaml, "__with_libyaml__", False)
+    assert fast == _loaded(text, path.name)
+
+
+def _loaded(text: str, name: str) -> object:
+    """The data and positions of a YAML text, or the error's text (some samples are wrong on
+    purpose)."""
+    try:
+        doc = load_yaml_text(text, name)
+    except ConfigError as exc:
+        return str(exc)
+    return (doc.data, doc.value_marks, doc.key_marks)
+
+
+def test_the_installed_pyyaml_has_libyaml() -> None:
+    # The daemon's start-up memory figure assumes it (edgegw/config/yamlpos.py).
+    import yaml
+
+    assert yaml.__with_libyaml__

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import zlib
+
 import orjson
 
 from edgegw.outbox.segments import (
@@ -40,6 +43,30 @@ def test_messages_come_back_byte_for_byte() -> None:
     blob = encode_items(items)
     assert decode_items(blob) == items
     assert len(blob) < sum(map(len, items)) / 4
+
+
+def test_segments_written_with_zlib_by_an_older_edgegw_are_still_read() -> None:
+    items = [orjson.dumps({"seq": n, "id": f"k{n}"}) for n in range(50)]
+    old = zlib.compress(b"\n".join(items), 1)
+    assert decode_items(old) == items
+    assert encode_items(items).startswith(b"\x28\xb5\x2f\xfd")  # written: zstandard
+    assert decode_items(encode_items(items)) == items
+
+
+def test_threads_encode_and_decode_segments_at_once() -> None:
+    # The codec contexts are per thread: the backlog scan and the CLI read in other threads.
+    results: list[bool] = []
+
+    def round_trips(n: int) -> None:
+        items = [orjson.dumps({"seq": k, "thread": n}) for k in range(200)]
+        results.append(all(decode_items(encode_items(items)) == items for _ in range(50)))
+
+    threads = [threading.Thread(target=round_trips, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert results == [True] * 4
 
 
 def test_kinds_are_schema_families() -> None:
