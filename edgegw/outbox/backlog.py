@@ -2,8 +2,9 @@
 
 Computed by one pass over the segments' metadata (never their items) on a read connection of
 its own, so /metrics and `edgegw outbox stats` see the same committed state; in a worker
-thread for the daemon. A backlog of 35 million values is about 35,000 segments: one pass is
-tens of milliseconds, once per scrape.
+thread for the daemon. A backlog of 35 million values is about 35,000 segments: one pass took
+0.10 s here, 0.19 s with a hole in every segment's acks (a refused topic); Outbox._backlogs
+shares one pass among overlapping scrapes and reuses it for a second.
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ class SinkBacklog:
 
 
 NOTHING_WAITING = SinkBacklog(0, None, None)
+
+
+def age_seconds(created: float | None, now: float) -> float | None:
+    """Seconds since `created` (wall clock), never negative; None for None."""
+    return None if created is None else max(0.0, now - created)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,8 @@ That is what lets a 2 GB outbox hold tens of millions of values through a broker
 
 from __future__ import annotations
 
+import bisect
+import operator
 import threading
 import zlib
 from collections.abc import Iterable, Sequence
@@ -25,6 +27,7 @@ GAP = "gap"
 
 _ZSTD_LEVEL = 1  # level 3, the library default, gave 28 bytes per value here for 1.8x the CPU
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"  # a zstandard frame; a zlib stream starts with 0x78
+_range_end = operator.itemgetter(1)
 _codecs = threading.local()  # a zstandard context is not thread-safe; making one costs ~3 µs
 
 
@@ -135,16 +138,17 @@ def missing(ranges: Sequence[tuple[int, int]], first: int, last: int) -> list[tu
     """The parts of first..last that merged `ranges` do not contain."""
     out: list[tuple[int, int]] = []
     at = first
-    for a, b in ranges:
-        if b < at:
-            continue
-        if a > last:
+    # Bisection to the first range that ends at or after `first`: a sink's ranges can be
+    # thousands long (a refused topic leaves a hole in every segment) and every segment asks.
+    # A walk from the start made a backlog scan of 8,000 such segments take 0.9 s.
+    for index in range(bisect.bisect_left(ranges, first, key=_range_end), len(ranges)):
+        start, end = ranges[index]
+        if start > last:
             break
-        if a > at:
-            out.append((at, a - 1))
-        at = max(at, b + 1)
+        if start > at:
+            out.append((at, start - 1))
+        at = end + 1
         if at > last:
             return out
-    if at <= last:
-        out.append((at, last))
+    out.append((at, last))
     return out

@@ -32,9 +32,11 @@ import orjson
 
 from edgegw.errors import OutboxError, OutboxFull
 from edgegw.outbox.backlog import (
+    NOTHING_WAITING,
     Backlogs,
     Selector,
     SinkBacklog,
+    age_seconds,
     finished,
     read_acks,
     read_backlogs,
@@ -104,6 +106,7 @@ NORMAL_SYNC_INTERVAL = 0.2  # seconds; with synchronous=normal, the power-loss w
 SEQ_RESERVE_BLOCK = 100_000  # seq numbers reserved per write of the .seq file
 GAP_NAMESPACE = uuid.UUID("8e1b5c2a-47d3-5f90-a6c4-1d2e3f405162")
 EVENT_KEY_RETENTION = 400 * 86400.0  # seconds an event id is remembered, at least
+BACKLOG_REUSE = 1.0  # seconds a backlog scan serves /metrics and /healthz (Outbox._backlogs)
 _BUMP_LAST_SEQ = "UPDATE meta SET value = max(value, ?) WHERE name = 'last_seq'"
 
 
@@ -179,7 +182,7 @@ class OutboxStats:
             "depth": self.depth,
             "first_seq": self.first_seq,
             "last_seq": self.last_seq,
-            "oldest_age_seconds": _age(self.oldest_created, now),
+            "oldest_age_seconds": age_seconds(self.oldest_created, now),
             "dropped": self.dropped,
             "file_bytes": self.file_bytes,
             "quarantined": self.quarantined,
@@ -187,15 +190,11 @@ class OutboxStats:
                 name: {
                     "waiting": backlog.waiting,
                     "first_seq": backlog.first_seq,
-                    "oldest_age_seconds": _age(backlog.oldest_created, now),
+                    "oldest_age_seconds": age_seconds(backlog.oldest_created, now),
                 }
                 for name, backlog in self.sinks.items()
             },
         }
-
-
-def _age(created: float | None, now: float) -> float | None:
-    return None if created is None else max(0.0, now - created)
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +244,8 @@ class Outbox:
         self.conflicts = 0  # business events detected again with other data (quarantined)
         self.unrouted = 0  # not stored: no sink selects their kind and source
         self._routes: dict[tuple[str, str], bool] = {}  # (kind, source) -> some sink selects
+        self._backlog_scan: asyncio.Future[Backlogs | None] | None = None  # see _backlogs
+        self._scanned_at = 0.0  # monotonic
         self._said_unrouted: set[tuple[str, str]] = set()
         self._next_seq = 1
         self._reserved = 0  # every seq assigned is <= this, recorded in the .seq file
@@ -372,20 +373,43 @@ class Outbox:
         max_seq, depth = (
             await _fetch(db, "SELECT max(first_seq + count - 1), sum(count) FROM segments")
         )[0]
+        stored: dict[str, list[tuple[int, int]]] = {}
         for sink, first, last in await _fetch(db, "SELECT sink, first, last FROM sink_acks"):
-            if sink in self._acked:
-                self._acked[sink].append((int(first), int(last)))
+            stored.setdefault(sink, []).append((int(first), int(last)))
+        for sink in self._acked:
+            # Sorted and joined: `missing` bisects them (rows written by delete_acknowledged
+            # may overlap, all of them acknowledged seqs).
+            self._acked[sink] = merge_ranges(stored.get(sink, ()))
         return int(last_meta), int(dropped), max_seq, int(depth or 0)
 
     async def _settle(self) -> None:
-        """Delete what no configured sink waits for any more: segments every sink that selects
-        them acknowledged, or that none selects, and the acks of sinks no longer configured
-        (a sink was removed, or its select changed, since the last run)."""
+        """At start, after the sinks or their `select:` changed since the last run: drop what
+        no configured sink selects any more (data loss: retention's ERROR, count and gap
+        message, since a typo in a `select:` must not look like delivery), delete segments
+        every sink that selects them acknowledged, and forget the acks of removed sinks."""
         rows = await _fetch(self.db, "SELECT first_seq, count, kind, source FROM segments")
+        unselected = [
+            (first, count) for first, count, kind, source in rows if not self._routed(kind, source)
+        ]
+        if unselected:
+            what = sorted(
+                {
+                    f"{kind} of {source}" if source else kind
+                    for _, _, kind, source in rows
+                    if not self._routed(kind, source)
+                }
+            )
+            try:
+                await self._drop(unselected, f"selected by no configured sink: {', '.join(what)}")
+            except sqlite3.DatabaseError as exc:
+                await self._rollback_quietly()
+                log.error("outbox: could not drop what no sink selects (next start tries): %s", exc)
+                return
         done = [
             (first, count)
             for first, count, kind, source in rows
-            if finished(kind, source, first, first + count - 1, self._acked, self.sinks)
+            if self._routed(kind, source)
+            and finished(kind, source, first, first + count - 1, self._acked, self.sinks)
         ]
         gone = [
             row[0]
@@ -394,14 +418,9 @@ class Outbox:
         ]
         if not done and not gone:
             return
-        firsts = [first for first, _ in done]
         kept = {sink: _clip(acked, done) for sink, acked in self._acked.items()}
         try:
-            for start in range(0, len(firsts), 500):  # under SQLite's bound-parameter limit
-                part = firsts[start : start + 500]
-                await self.db.execute(
-                    f"DELETE FROM segments WHERE first_seq IN ({','.join('?' * len(part))})", part
-                )
+            await self._delete_segments([first for first, _ in done])
             await self.db.executemany("DELETE FROM sink_acks WHERE sink = ?", [(g,) for g in gone])
             for sink, ranges in kept.items():
                 await self.db.execute("DELETE FROM sink_acks WHERE sink = ?", (sink,))
@@ -423,12 +442,20 @@ class Outbox:
         values = sum(count for _, count in done)
         self.depth -= values
         log.warning(
-            "outbox: %d stored values no configured sink waits for were deleted, acks of "
-            "sinks no longer configured forgotten: %s (sinks or their select: changed since "
-            "the last run)",
+            "outbox: %d stored values that every sink selecting them acknowledged were deleted; "
+            "acks of sinks no longer configured forgotten: %s (sinks or their select: changed "
+            "since the last run)",
             values,
             ", ".join(gone) or "none",
         )
+
+    async def _delete_segments(self, firsts: Sequence[int]) -> None:
+        """Delete segments by first seq, in the caller's transaction."""
+        for start in range(0, len(firsts), 500):  # under SQLite's bound-parameter limit
+            part = firsts[start : start + 500]
+            await self.db.execute(
+                f"DELETE FROM segments WHERE first_seq IN ({','.join('?' * len(part))})", part
+            )
 
     async def sync(self) -> None:
         """Make every commit so far durable (synchronous=normal): a passive checkpoint fsyncs
@@ -859,11 +886,7 @@ class Outbox:
             log.exception("outbox rollback failed path=%s", self.path)
 
     async def health(self) -> OutboxHealth:
-        try:
-            backlogs = await asyncio.to_thread(self._read_backlogs)
-        except (sqlite3.DatabaseError, OSError) as exc:  # moved aside, unreadable: alarm says
-            log.debug("outbox backlog unreadable path=%s: %s", self.path, exc)
-            backlogs = None
+        backlogs = await self._backlogs()
         return OutboxHealth(
             depth=self.depth,
             oldest_created=backlogs.total.oldest_created if backlogs else None,
@@ -874,6 +897,28 @@ class Outbox:
             unrouted=self.unrouted,
             sinks=backlogs.sinks if backlogs else {},  # not known: no figure, rather than 0
         )
+
+    async def _backlogs(self) -> Backlogs | None:
+        """Each sink's backlog, None when the file cannot be read. One scan at a time, shared
+        by every caller and reused for BACKLOG_REUSE seconds: scrapes of /metrics and /healthz
+        may overlap, and a scan of a long backlog takes a worker thread tens of milliseconds
+        (a GIL it shares with the event loop)."""
+        if self.depth == 0:
+            return Backlogs(dict.fromkeys(self.sinks, NOTHING_WAITING), NOTHING_WAITING, None)
+        scan = self._backlog_scan
+        if scan is None or (scan.done() and time.monotonic() - self._scanned_at > BACKLOG_REUSE):
+            scan = self._backlog_scan = asyncio.ensure_future(self._scan_backlogs())
+        # Shielded: a caller that gives up must not cancel the scan the others wait for.
+        return await asyncio.shield(scan)
+
+    async def _scan_backlogs(self) -> Backlogs | None:
+        try:
+            return await asyncio.to_thread(self._read_backlogs)
+        except (sqlite3.DatabaseError, OSError) as exc:  # moved aside, unreadable: alarm says
+            log.debug("outbox backlog unreadable path=%s: %s", self.path, exc)
+            return None
+        finally:
+            self._scanned_at = time.monotonic()
 
     def _read_backlogs(self) -> Backlogs:
         with snapshot(self.path) as db:
@@ -953,25 +998,32 @@ class Outbox:
                 (new[0][0] - SEGMENT_MAX, new[-1][1]),
             )
             everyone = {**self._acked, sink: acked}
-            done: list[tuple[int, int]] = []
-            for first, count, kind, source in rows:
-                last = first + count - 1
-                if all(
-                    not missing(everyone[name], first, last)
-                    for name, selects in self.sinks.items()
-                    if selects(kind, source)
-                ):
-                    done.append((first, count))
+            done: list[tuple[int, int]] = [
+                (first, count)
+                for first, count, kind, source in rows
+                if finished(kind, source, first, first + count - 1, everyone, self.sinks)
+            ]
             # Only integers and the sink's name (config rule: [A-Za-z0-9_-]) are formatted
             # into the script: one trip to the SQLite thread.
             name = sink.replace("'", "''")
             kept = _clip(acked, done)
+            # Only the rows that changed: with holes in every segment (a refused topic) a sink
+            # has thousands of ranges, and rewriting them all at every flush kept a core busy.
+            # A row left over from before a clip by another sink's delete still holds only
+            # acknowledged seqs, and the next start merges it away.
+            before, after = set(self._acked[sink]), set(kept)
             script = "".join(
                 [
                     "PRAGMA synchronous=NORMAL;BEGIN;",
                     *(f"DELETE FROM segments WHERE first_seq = {first:d};" for first, _ in done),
-                    f"DELETE FROM sink_acks WHERE sink = '{name}';",
-                    *(f"INSERT INTO sink_acks VALUES ('{name}', {a:d}, {b:d});" for a, b in kept),
+                    *(
+                        f"DELETE FROM sink_acks WHERE sink = '{name}' AND first = {a:d};"
+                        for a, _ in before - after
+                    ),
+                    *(
+                        f"INSERT OR REPLACE INTO sink_acks VALUES ('{name}', {a:d}, {b:d});"
+                        for a, b in after - before
+                    ),
                     # Deleting the newest segment must not let numbering restart below it.
                     f"UPDATE meta SET value = max(value, {new[-1][1]:d}) WHERE name = 'last_seq';",
                     f"COMMIT;PRAGMA synchronous={self.synchronous.upper()};",
@@ -1101,12 +1153,9 @@ class Outbox:
     async def _drop(self, segments: list[tuple[int, int]], why: str) -> int:
         """Retention: the caller holds the lock. Counted, logged at ERROR and announced on the
         wire with an `edgegw.gap/1` message in the same transaction: this is data loss."""
-        firsts = [first for first, _ in segments]
         deleted = sum(count for _, count in segments)
         ranges = merge_ranges((first, first + count - 1) for first, count in segments)
-        await self.db.execute(
-            f"DELETE FROM segments WHERE first_seq IN ({','.join('?' * len(firsts))})", firsts
-        )
+        await self._delete_segments([first for first, _ in segments])
         await self.db.execute(_BUMP_LAST_SEQ, (ranges[-1][1],))
         await self.db.execute(
             "UPDATE meta SET value = value + ? WHERE name = 'dropped'", (deleted,)

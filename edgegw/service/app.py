@@ -77,7 +77,6 @@ class Gateway:
             # A sink that selects part of the stream sends less than is committed: its lead
             # says nothing about overload.
             forwarder.throttle_intake = sink.select is None
-        self.forwarder = self.forwarders[0]
         self.pipeline = Pipeline(config)
         self.sources: list[Source] = [build_source(source) for source in config.sources]
         self.intake = IntakeQueue(INTAKE_MAX_READINGS)
@@ -241,6 +240,7 @@ class Gateway:
             settings = sink_settings(new)
             changes.mqtt = changes.mqtt or settings != self.sink_settings
             await self._apply(new, changes, settings)
+            _refreeze()
             self.reloads["applied"] += 1
             audit.warning(
                 "audit: config reloaded path=%s sha256=%s changes=%s",
@@ -543,6 +543,16 @@ async def _freeze_after_start(gateway: Gateway) -> None:
     await gateway.started.wait()
     gc.collect()  # what start-up left behind is not kept for ever
     gc.freeze()
+
+
+def _refreeze() -> None:
+    """After a reload, when the daemon froze its start-up objects (`_freeze_after_start`):
+    what the reload replaced (old sources, clients and their tasks) was frozen with them and
+    would never be collected; it holds cycles. Collected, and what lives on frozen again."""
+    if gc.get_freeze_count():
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
 
 
 def _sink_shapes(config: GatewayConfig) -> list[tuple[str, str, Any]]:

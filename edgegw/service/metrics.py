@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from edgegw.errors import EdgeGwError
+from edgegw.outbox.backlog import age_seconds
 from edgegw.service.health import GatewayHealth
 
 log = logging.getLogger(__name__)
@@ -63,10 +64,6 @@ FAMILIES: dict[str, str] = {
 tests check against it)."""
 
 
-def _age(created: float | None, now: float) -> float | None:
-    return None if created is None else max(0.0, now - created)
-
-
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
@@ -93,10 +90,12 @@ def render_metrics(health: GatewayHealth) -> str:
         "Values stored in the outbox: not yet acknowledged by every sink that selects them.",
         outbox.depth,
     )
-    one(
+    metric(
         "edgegw_outbox_oldest_age_seconds",
-        "Age of the oldest value some sink has not acknowledged (0 when none waits).",
-        _age(outbox.oldest_created, health.wall_time) or 0.0,
+        "Age of the oldest value some sink has not acknowledged (0 when none waits; no "
+        "sample while the outbox file cannot be read).",
+        # No backlog per sink: the scan failed, and a 0 would read as "all delivered".
+        [("", age_seconds(outbox.oldest_created, health.wall_time) or 0.0)] if outbox.sinks else [],
     )
     one("edgegw_committed_total", "Events committed to the outbox.", health.committed)
     one(
@@ -177,7 +176,10 @@ def render_metrics(health: GatewayHealth) -> str:
         "edgegw_sink_oldest_age_seconds",
         "Age of the oldest value the sink has not acknowledged (0 when none waits).",
         [
-            (f'{{sink="{_escape(name)}"}}', _age(backlog.oldest_created, health.wall_time) or 0.0)
+            (
+                f'{{sink="{_escape(name)}"}}',
+                age_seconds(backlog.oldest_created, health.wall_time) or 0.0,
+            )
             for name, backlog in backlogs.items()
         ],
     )
@@ -288,7 +290,7 @@ def health_document(health: GatewayHealth) -> dict[str, Any]:
             "address": sink.address,
             "connects": sink.connects,
             "last_error": sink.last_error,
-            "published": sink.published,
+            "published": sum(s.published for s in health.sinks),  # as the rate: every sink
             "published_per_second": rates.get("published", 0.0),
         },
         "sinks": {
@@ -304,14 +306,14 @@ def health_document(health: GatewayHealth) -> dict[str, Any]:
                 "waiting": None if backlog is None else backlog.waiting,
                 "oldest_age_seconds": None
                 if backlog is None
-                else _rounded(_age(backlog.oldest_created, health.wall_time)),
+                else _rounded(age_seconds(backlog.oldest_created, health.wall_time)),
             }
             for s in health.sinks
             for backlog in (outbox.sinks.get(s.name),)
         },
         "outbox": {
             "depth": outbox.depth,
-            "oldest_age_seconds": _rounded(_age(outbox.oldest_created, health.wall_time)),
+            "oldest_age_seconds": _rounded(age_seconds(outbox.oldest_created, health.wall_time)),
             "committed": health.committed,
             "committed_per_second": rates.get("committed", 0.0),
             "dropped": outbox.dropped,

@@ -132,11 +132,11 @@ async def test_broker_unreachable_for_10s_loses_nothing(
         proxy.cut()
         committed_at_cut = gateway.committed
         await asyncio.sleep(10.0)  # the outage itself is the scenario, not a wait for a condition
-        assert not gateway.forwarder.status.broker_up
+        assert not gateway.forwarders[0].status.broker_up
         assert gateway.committed > committed_at_cut + 500, "values kept being read and committed"
         assert gateway.outbox.depth > 500
         proxy.heal()
-        await until(lambda: gateway.forwarder.status.broker_up, 20, "reconnect")
+        await until(lambda: gateway.forwarders[0].status.broker_up, 20, "reconnect")
         await backlog_sent(config.outbox_path)
     finally:
         proxy.heal()

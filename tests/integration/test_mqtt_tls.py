@@ -134,9 +134,11 @@ async def _metrics_port(gateway: GatewayProcess) -> int:
 async def _broker_error(data: dict[str, Any]) -> str:
     """Run the gateway in-process until the forwarder reports why it cannot connect."""
     async with running_gateway(data) as gateway:
-        await until(lambda: gateway.forwarder.status.last_error is not None, 20, "a broker error")
-        assert not gateway.forwarder.status.broker_up
-        error = gateway.forwarder.status.last_error
+        await until(
+            lambda: gateway.forwarders[0].status.last_error is not None, 20, "a broker error"
+        )
+        assert not gateway.forwarders[0].status.broker_up
+        error = gateway.forwarders[0].status.last_error
         assert error is not None
         return error
 
@@ -173,7 +175,7 @@ async def test_a_certificate_for_another_host_is_refused_unless_allowed(
         assert "verify_hostname" in error
         data = _tls_config(tmp_path, broker, plc, pki, verify_hostname=False)
         async with running_gateway(data) as gateway:
-            await until(lambda: gateway.forwarder.status.published > 3, 20, "publishes")
+            await until(lambda: gateway.forwarders[0].status.published > 3, 20, "publishes")
     finally:
         broker.cleanup()
 

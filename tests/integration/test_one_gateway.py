@@ -117,7 +117,7 @@ async def test_two_gateways_with_one_client_id_back_off(
         gateways = (one, two)
 
         def connects() -> int:
-            return sum(g.forwarder.status.connects for g in gateways)
+            return sum(g.forwarders[0].status.connects for g in gateways)
 
         # Progress first: the two have knocked each other off a few times.
         await until(lambda: connects() >= 4, 60, "the two gateways to connect 4 times")

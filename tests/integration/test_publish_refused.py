@@ -121,24 +121,25 @@ async def test_a_denied_topic_keeps_its_rows_counts_them_and_the_rest_flows(
         async with running_gateway(data) as gateway:
             outbox = gateway.config.outbox_path
             await until(lambda: len(received(sub, ALLOWED)) >= 20, WAIT, "20 values of r0")
-            await until(lambda: gateway.forwarder.status.refused >= 5, WAIT, "5 refusals")
+            await until(lambda: gateway.forwarders[0].status.refused >= 5, WAIT, "5 refusals")
             first = await refused_total(gateway)
             assert first >= 5
             # Still growing: every new r1 value is refused in turn, nothing stalls.
             seen = len(received(sub, ALLOWED))
             await until(
                 lambda: (
-                    gateway.forwarder.status.refused > first and len(received(sub, ALLOWED)) > seen
+                    gateway.forwarders[0].status.refused > first
+                    and len(received(sub, ALLOWED)) > seen
                 ),
                 WAIT,
                 "more refusals and more r0 values",
             )
             assert await refused_total(gateway) > first
-            assert gateway.forwarder.status.broker_up  # a refusal is not a broken connection
-            connects = gateway.forwarder.status.connects
+            assert gateway.forwarders[0].status.broker_up  # a refusal is not a broken connection
+            connects = gateway.forwarders[0].status.connects
         waiting = await account(sub, outbox)
-    refused = gateway.forwarder.status.refused  # final: the gateway has stopped
-    assert gateway.forwarder.status.connects == connects == 1
+    refused = gateway.forwarders[0].status.refused  # final: the gateway has stopped
+    assert gateway.forwarders[0].status.connects == connects == 1
 
     assert not received(sub, DENIED)
     denied = {seq for seq, (_key, topic) in waiting.items() if topic == DENIED}
@@ -165,7 +166,7 @@ async def test_a_refusal_names_the_topic_and_the_reason_in_words(
     caplog.set_level(logging.INFO, logger="edgegw")
     data = gateway_config(tmp_path / "state", acl_broker, plc)
     async with running_gateway(data) as gateway:
-        await until(lambda: gateway.forwarder.status.refused >= 1, WAIT, "a refusal")
+        await until(lambda: gateway.forwarders[0].status.refused >= 1, WAIT, "a refusal")
     lines = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
     assert any(DENIED in line and "not authorized" in line for line in lines), lines
 
@@ -184,7 +185,7 @@ async def test_kept_rows_arrive_once_the_rule_is_lifted(
     try:
         with Subscriber(acl_broker.port, "s/a/l/#") as sub:
             async with running_gateway(data) as gateway:
-                status = gateway.forwarder.status
+                status = gateway.forwarders[0].status
                 await until(lambda: status.refused >= 10, WAIT, "10 refusals")
                 acl_broker.acl = "topic readwrite s/#\n"
                 await asyncio.to_thread(acl_broker.reload)

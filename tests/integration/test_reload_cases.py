@@ -59,7 +59,7 @@ async def test_new_mqtt_settings_reconnect_and_publish_on_the_new_topics(
             write_config(path, data)
             assert await gateway.reload()
             await everything.wait_for(lambda m: any(x.topic == "v2/l/plc/r0" for x in m), 30)
-            assert gateway.forwarder.status.connects == 2  # the new settings, a new connection
+            assert gateway.forwarders[0].status.connects == 2  # the new settings, a new connection
             # The gateway closed that connection itself: no broker trouble to report.
             said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
             assert not [line for line in said if "broker" in line], said
@@ -101,14 +101,14 @@ async def test_an_identity_change_is_refused_and_the_running_config_stays(
     data = config_dict(tmp_path, mosquitto.port, plc.port, bench_tags(2), poll="100ms")
     path = tmp_path / "gw.yaml"
     async with gateway_of(path, data) as gateway:
-        await until(lambda: gateway.forwarder.status.published > 5, 30, "publishes")
+        await until(lambda: gateway.forwarders[0].status.published > 5, 30, "publishes")
         data["gateway"]["id"] = "another-gw"
         write_config(path, data)
         assert not await gateway.reload()
         assert gateway.reloads == {"applied": 0, "refused": 1}
         assert gateway.config.gateway.id == "test-gw"
-        published = gateway.forwarder.status.published
-        await until(lambda: gateway.forwarder.status.published > published + 5, 30, "more")
+        published = gateway.forwarders[0].status.published
+        await until(lambda: gateway.forwarders[0].status.published > published + 5, 30, "more")
     refusal = [r.getMessage() for r in caplog.records if "reload refused" in r.getMessage()]
     assert len(refusal) == 1
     assert "why=gateway.id changed, which takes a restart (systemctl restart edgegw)" in refusal[0]

@@ -57,7 +57,7 @@ async def test_metrics_and_health_follow_a_plc_outage(
     # figure sized on one machine): that catches a wrong unit or a wrong origin all the same.
     started = time.monotonic()
     async with running_gateway(data) as gateway:
-        await until(lambda: gateway.forwarder.status.published > 40, 15, "40 events published")
+        await until(lambda: gateway.forwarders[0].status.published > 40, 15, "40 events published")
         port = gateway.metrics_port
         assert port is not None
 

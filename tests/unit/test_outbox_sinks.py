@@ -175,9 +175,34 @@ async def test_at_start_what_no_configured_sink_waits_for_is_deleted(
     assert (stats.depth, stats.first_seq) == (1, 6)
     await box.close()
 
-    # b now selects only the press: the oven segment, which nobody selects, leaves.
-    box = await opened(path, {"b": sources("press")})
+    # b now selects only the press: the oven segment, which nobody selects, leaves as data
+    # loss does (a typo in a select: must not look like delivery): ERROR, counted.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="edgegw.outbox.store"):
+        box = await opened(path, {"b": sources("press")})
     assert box.depth == 0
+    assert box.dropped == 3
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1
+    assert "selected by no configured sink: telemetry of oven" in errors[0]
+    assert "ranges=4-6" in errors[0]
     assert await box.claim(0, 10, "b") == []
     await box.close()
     assert read_stats(str(path), {"b": sources("press")}).depth == 0
+
+
+async def test_what_no_sink_selects_any_more_is_announced_by_a_gap_message(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    box = await opened(path, {"b": takes_all})
+    await box.append([telemetry(f"p{i}", "press") for i in range(4)])  # 1..4, not sent
+    await box.close()
+
+    box = await opened(path, {"b": lambda kind, _source: kind in ("event", "gap")})
+    rows = await box.claim(0, 10, "b")
+    assert [row.kind for row in rows] == ["gap"]
+    gap = orjson.loads(rows[0].payload)
+    assert (gap["dropped"], gap["count"], rows[0].seq) == ([[1, 4]], 4, 5)
+    assert gap["reason"] == "selected by no configured sink: telemetry of press"
+    await box.close()

@@ -6,6 +6,8 @@ import threading
 import zlib
 
 import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edgegw.outbox.segments import (
     decode_items,
@@ -36,6 +38,22 @@ def test_missing_is_what_the_ranges_leave_of_a_span() -> None:
     assert missing([], 5, 6) == [(5, 6)]
     assert missing(acked, 96, 96) == [(96, 96)]
     assert missing([(1, 200)], 88, 102) == []
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(1, 120), st.integers(0, 6)), max_size=15),
+    st.integers(1, 130),
+    st.integers(0, 25),
+)
+def test_missing_is_the_span_minus_every_acknowledged_seq(
+    starts: list[tuple[int, int]], first: int, length: int
+) -> None:
+    acked = merge_ranges((a, a + n) for a, n in starts)
+    last = first + length
+    covered = {seq for a, b in acked for seq in range(a, b + 1)}
+    expected = ranges_of(seq for seq in range(first, last + 1) if seq not in covered)
+    assert missing(acked, first, last) == expected
 
 
 def test_messages_come_back_byte_for_byte() -> None:
