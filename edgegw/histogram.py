@@ -36,6 +36,14 @@ class Histogram:
         self.count += 1
         self.sum += value
 
+    def observe_many(self, value: float, count: int) -> None:
+        """`count` observations of one value: the messages of one segment share its source
+        time, so a batch of them costs one call (per value, 3 % of the steady load)."""
+        value = max(0.0, value)
+        self._counts[bisect.bisect_left(self.bounds, value)] += count
+        self.count += count
+        self.sum += value * count
+
     def cumulative(self) -> list[tuple[float, int]]:
         """(upper bound, observations ≤ it) per bucket, ending with (inf, count)."""
         running = 0

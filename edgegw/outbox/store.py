@@ -245,6 +245,7 @@ class Outbox:
         self.unrouted = 0  # not stored: no sink selects their kind and source
         self._routes: dict[tuple[str, str], bool] = {}  # (kind, source) -> some sink selects
         self._backlog_scan: asyncio.Future[Backlogs | None] | None = None  # see _backlogs
+        self._kinds: dict[str, str] = {}  # schema -> segments.kind_of(schema): asked per value
         self._scanned_at = 0.0  # monotonic
         self._said_unrouted: set[tuple[str, str]] = set()
         self._next_seq = 1
@@ -823,8 +824,11 @@ class Outbox:
         sink selects is not stored and gets no seq. The caller advances the seq once the rows
         are committed (`_stored`)."""
         groups: dict[tuple[str, str], list[PendingEvent]] = {}
+        kinds = self._kinds
         for event in batch:
-            kind = kind_of(event.schema)
+            kind = kinds.get(event.schema)
+            if kind is None:
+                kind = kinds[event.schema] = kind_of(event.schema)
             source = event.payload.get("source", "") if kind == TELEMETRY else ""
             groups.setdefault((kind, source), []).append(event)
         seq = self._next_seq

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections import deque
@@ -321,9 +322,8 @@ class Forwarder:
             self._acked_pending.update(seqs)
             now = time.time()
             self.status.last_ack_latency = now - rows[0].source_time
-            observe = self.latency.observe
-            for acked in rows:
-                observe(now - acked.source_time)
+            for source_time, same in itertools.groupby(row.source_time for row in rows):
+                self.latency.observe_many(now - source_time, sum(1 for _ in same))
             if log.isEnabledFor(logging.DEBUG):
                 for acked in rows:
                     log.debug(

@@ -25,6 +25,18 @@ def test_histogram_is_cumulative_and_bounds_are_inclusive() -> None:
     assert histogram.sum == pytest.approx(8.6)  # the negative one (clock skew) counts as 0
 
 
+def test_many_observations_of_one_value_count_as_each_of_them() -> None:
+    one_by_one, at_once = Histogram((0.1, 1.0)), Histogram((0.1, 1.0))
+    for value, count in ((0.05, 3), (0.5, 2), (-1.0, 4), (9.0, 1)):
+        for _ in range(count):
+            one_by_one.observe(value)
+        at_once.observe_many(value, count)
+    assert (
+        at_once.cumulative() == one_by_one.cumulative() == [(0.1, 7), (1.0, 9), (float("inf"), 10)]
+    )
+    assert (at_once.count, at_once.sum) == (one_by_one.count, pytest.approx(one_by_one.sum))
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 1000.0
