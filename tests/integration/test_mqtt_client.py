@@ -8,14 +8,16 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 import edgegw.sinks.mqtt.client as mqtt_module
 from edgegw.errors import SinkError
 from edgegw.sinks.mqtt.client import MqttClient
-from edgegw.sinks.mqtt.properties import pack_publish_properties
+from edgegw.sinks.mqtt.properties import PackedProperties, encode_publish, pack_publish_properties
 from edgegw.sinks.mqtt.reasons import reason_text
 from edgegw.sinks.mqtt.settings import MqttSettings
 from tests.support.broker import Mosquitto, running_mosquitto
@@ -421,11 +423,17 @@ class ScriptedBroker:
     TCP connection and never answer; `hang_up`: close it on CONNECT."""
 
     def __init__(
-        self, puback_rc: dict[str, int], *, silent: bool = False, hang_up: bool = False
+        self,
+        puback_rc: dict[str, int],
+        *,
+        silent: bool = False,
+        hang_up: bool = False,
+        split_pubacks: bool = False,
     ) -> None:
         self.puback_rc = puback_rc
         self.silent = silent
         self.hang_up = hang_up
+        self.split_pubacks = split_pubacks  # each PUBACK in two TCP writes, a pause between
         self.server: asyncio.Server | None = None
         self.sessions: set[asyncio.Task[None]] = set()
 
@@ -482,7 +490,19 @@ class ScriptedBroker:
                     if (first >> 1) & 3:
                         mid = body[2 + topic_len : 4 + topic_len]
                         rc = self.puback_rc.get(topic, 0x10)
-                        writer.write(b"\x40\x03" + mid + bytes((rc,)))
+                        if topic == "why":  # a reason string property, as a broker may add
+                            why = b"not on this topic"
+                            props = b"\x1f" + len(why).to_bytes(2, "big") + why
+                            rest = mid + bytes((rc, len(props))) + props
+                            puback = b"\x40" + bytes((len(rest),)) + rest
+                        else:
+                            puback = b"\x40\x03" + mid + bytes((rc,))
+                        if self.split_pubacks:
+                            writer.write(puback[:3])
+                            await writer.drain()
+                            await asyncio.sleep(0.01)
+                            puback = puback[3:]
+                        writer.write(puback)
                 elif kind == 0xE0:  # DISCONNECT
                     break
                 await writer.drain()
@@ -502,6 +522,23 @@ async def test_puback_reason_codes_reach_on_ack() -> None:
         await acks.wait_count(5)
         assert sorted(acks.calls) == [(0, 0), (1, 0x80), (2, 0x97), (3, 0x99), (4, 0)]
         assert reason_text(0x97) == "quota exceeded (0x97)"
+        await client.close()
+
+
+async def test_pubacks_cut_across_reads_and_with_properties_are_all_counted() -> None:
+    # The client reads PUBACKs itself (not through paho): a PUBACK that arrives in two pieces
+    # must wait for its rest, and one with properties (a reason string) still counts.
+    async with ScriptedBroker({"why": 0x87, "ok": 0x00}, split_pubacks=True) as broker:
+        acks = Acks()
+        client = MqttClient(settings(broker.port, status_topic=None), on_ack=acks)
+        await client.connect()
+        topics = ["ok", "why", "ok"] * 10
+        for token, topic in enumerate(topics):
+            client.publish(topic, b"{}", qos=1, token=token)
+        await acks.wait_count(len(topics))
+        expected = [(token, 0x87 if topic == "why" else 0) for token, topic in enumerate(topics)]
+        assert sorted(acks.calls) == expected
+        assert client.in_flight == 0
         await client.close()
 
 
@@ -560,6 +597,101 @@ def test_property_encoding_matches_paho(
     if content_type is not None:
         reference.ContentType = content_type
     assert pack_publish_properties(user_properties, content_type) == reference.pack()  # type: ignore[no-untyped-call]
+
+
+@pytest.mark.parametrize(
+    ("protocol", "properties"),
+    [
+        (
+            MQTTProtocolVersion.MQTTv5,
+            pack_publish_properties([("id", "ä" * 90)], "application/json"),
+        ),
+        (MQTTProtocolVersion.MQTTv5, pack_publish_properties([], None)),
+        (MQTTProtocolVersion.MQTTv311, None),
+    ],
+)
+def test_publish_packets_are_the_bytes_paho_would_send(
+    protocol: MQTTProtocolVersion, properties: bytes | None
+) -> None:
+    sent: list[bytes] = []
+    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=protocol)
+    ours, theirs = socket.socketpair()
+    try:
+        client._sock = ours  # paho builds a PUBLISH only for a connected client
+        client._packet_queue = lambda _cmd, packet, *_rest: sent.append(bytes(packet))  # type: ignore[method-assign]
+        packed = None if properties is None else PackedProperties(properties)
+        payload = b"x" * 20_000  # a remaining length of three bytes
+        client._send_publish(300, "a/b/ä".encode(), payload, 1, False, False, None, packed)
+        assert sent == [encode_publish("a/b/ä", 300, properties, payload)]
+    finally:
+        client._sock = None
+        ours.close()
+        theirs.close()
+
+
+def test_pubacks_of_our_messages_are_taken_whole_from_the_read_buffer() -> None:
+    client = mqtt_module._ReadAheadClient(CallbackAPIVersion.VERSION2)
+    taken: list[tuple[int, int]] = []
+
+    def on_puback(mid: int, rc: int) -> bool:
+        if mid == 9:  # a message paho published (the status): paho reads it
+            return False
+        taken.append((mid, rc))
+        return True
+
+    client.edgegw_on_puback = on_puback
+    buffer = client._edgegw_read_ahead
+    buffer += b"\x40\x02\x00\x01"  # MQTT 3.1.1, or MQTT 5 success without a reason code
+    buffer += b"\x40\x03\x00\x02\x10"  # MQTT 5: no matching subscribers
+    buffer += b"\x40\x06\x00\x03\x87\x02\x01\x01"  # MQTT 5 with a property block
+    buffer += b"\x40\x02\x00"  # a PUBACK whose last byte has not arrived
+    assert client._take_pubacks() == (mqtt_module._PART, True)
+    assert taken == [(1, 0), (2, 0x10), (3, 0x87)]
+    assert bytes(buffer) == b"\x40\x02\x00"
+    buffer += b"\x04\x40\x02\x00\x09\xd0\x00"  # its last byte, paho's PUBACK, a PINGRESP
+    assert client._take_pubacks() == (mqtt_module._FOR_PAHO, True)
+    assert taken[-1] == (4, 0)
+    assert bytes(buffer) == b"\x40\x02\x00\x09\xd0\x00"  # left to paho, in order
+    buffer.clear()
+    buffer += b"\xd0\x00"
+    assert client._take_pubacks() == (mqtt_module._FOR_PAHO, False)
+
+
+class _OnePacketPerRead:
+    """A socket that returns one packet per recv(), as TLS does with a broker that writes
+    each packet in a record of its own."""
+
+    def __init__(self, packets: list[bytes]) -> None:
+        self.packets = packets
+
+    def recv(self, _size: int) -> bytes:
+        if not self.packets:
+            raise BlockingIOError
+        return self.packets.pop(0)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("count", [1, 16, 17, 32, 64, 128, 130])
+async def test_every_puback_is_read_when_each_arrives_in_a_read_of_its_own(count: int) -> None:
+    acks = Acks()
+    link = mqtt_module._Link(settings(1883, status_topic=None), acks)
+    client = link.paho
+    client.edgegw_on_puback = link._on_puback
+    link.tokens = {mid: mid * 10 for mid in range(1, count + 1)}
+    pubacks = [b"\x40\x02" + mid.to_bytes(2, "big") for mid in range(1, count + 1)]
+    socket_ = _OnePacketPerRead(pubacks)
+    client._sock = socket_  # type: ignore[assignment]
+    try:
+        while socket_.packets:  # the event loop calls back while the socket holds bytes
+            link._on_readable()
+        # ...and not after: nothing may be left unread in the client's buffer then
+        assert sorted(acks.calls) == [(mid * 10, 0) for mid in range(1, count + 1)]
+        assert not link.tokens
+        assert client.read_ahead() == 0
+    finally:
+        client._sock = None
 
 
 def test_reason_text() -> None:

@@ -20,6 +20,14 @@ Why it looks the way it does (paho-mqtt 2.2, measured on the target machine)
 * paho's own in-flight cap (20 by default) queues the rest and rescans every queued message on
   each PUBACK; we set it to 0 (no cap): the caller's window is the only cap.
 * Message ids are 16-bit: we refuse a publish when more than 60,000 are outstanding.
+* QoS 1 PUBLISH packets of the outbox are encoded here and written behind paho's back, and
+  their PUBACKs are parsed here before paho sees them: per message paho built an MQTTMessage,
+  a message info with a threading.Condition, took four locks and, for MQTT 5, parsed a
+  Properties object per PUBACK (a third of the gateway's CPU per message). paho keeps the
+  connection, CONNACK, keep-alive, the will, the retained status messages and DISCONNECT;
+  its message ids (`_mid_generate`) number ours too, skipping an id still in use. (paho's own
+  next publish could still take an id of ours only if one stayed unacknowledged through
+  65,535 later ones; the broker acknowledges in order.)
 * A fresh paho client per `connect()`: paho would otherwise re-send its in-flight messages on
   reconnect by itself, and the outbox must stay the only queue.
 """
@@ -41,7 +49,11 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edgegw.errors import SinkError
-from edgegw.sinks.mqtt.properties import PackedProperties, pack_publish_properties
+from edgegw.sinks.mqtt.properties import (
+    PackedProperties,
+    encode_publish,
+    pack_publish_properties,
+)
 from edgegw.sinks.mqtt.reasons import KEEPALIVE_TIMEOUT, SESSION_TAKEN_OVER, reason_text
 from edgegw.sinks.mqtt.settings import MqttSettings
 from edgegw.sinks.mqtt.tls import TlsSettings, ssl_words, tls_context
@@ -71,6 +83,8 @@ OnAck = Callable[[int, int], None]
 
 
 _READ_AHEAD = 65536
+_PUBACK = 0x40  # the first byte of a PUBACK packet
+_EMPTY, _PART, _FOR_PAHO = 0, 1, 2  # what heads the read-ahead buffer (_take_pubacks)
 
 
 class _ReadAheadClient(paho.Client):
@@ -92,6 +106,101 @@ class _ReadAheadClient(paho.Client):
         self._edgegw_read_ahead = bytearray()
         self._edgegw_write_behind = bytearray()
         self._edgegw_coalescing = False
+        # mid, reason code -> True when the PUBACK was for a message of ours (send_publish)
+        self.edgegw_on_puback: Callable[[int, int], bool] | None = None
+        self.consumed = 0  # bytes of the read-ahead buffer read so far (by paho or by us)
+
+    def send_publish(self, packet: bytes) -> None:
+        """Queue an encoded packet of ours (`encode_publish`) behind whatever waits; the
+        event loop's writable callback sends it with the rest (`coalesced_write`)."""
+        if self._out_packet:
+            # paho's queued packets first (the retained schema announcements published right
+            # after a connect must reach the broker before the data): into our buffer now.
+            self._edgegw_coalescing = True
+            try:
+                self.loop_write()
+            finally:
+                self._edgegw_coalescing = False
+        self._edgegw_write_behind += packet
+        self._call_socket_register_write()
+
+    def _packet_read(self) -> MQTTErrorCode:
+        # Between packets only (paho has not started one): PUBACKs for our messages are taken
+        # straight from the read-ahead buffer, all of them at once. Anything else, a PUBACK
+        # for paho's own publish included, goes to paho; a PUBACK cut short waits for its
+        # remaining bytes here, since paho would drop it (its mid is not one of paho's).
+        if self._in_packet["command"] != 0 or self.edgegw_on_puback is None:
+            return self._paho_packet_read()
+        took = False
+        for _ in range(16):  # a broker that keeps sending must not hold the event loop
+            head, taken = self._take_pubacks()
+            took = took or taken
+            if head == _FOR_PAHO:
+                return MQTTErrorCode.MQTT_ERR_SUCCESS if took else self._paho_packet_read()
+            try:
+                data: bytes = super()._sock_recv(_READ_AHEAD)
+            except BlockingIOError:
+                return MQTTErrorCode.MQTT_ERR_SUCCESS if took else MQTTErrorCode.MQTT_ERR_AGAIN
+            except OSError:
+                return self._paho_packet_read()  # paho meets the error again and says it
+            if not data:
+                return self._paho_packet_read()  # closed: paho reads b"" again and says so
+            self._edgegw_read_ahead += data
+        self._take_pubacks()  # what the last read brought: never left unread (the caller
+        # stops calling once a call consumed nothing)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _paho_packet_read(self) -> MQTTErrorCode:
+        rc: MQTTErrorCode = super()._packet_read()
+        return rc
+
+    def _take_pubacks(self) -> tuple[int, bool]:
+        """Handle the complete PUBACKs of our messages at the head of the read-ahead buffer.
+        Returns what is at the head then (_EMPTY, _PART: a PUBACK not whole yet, or
+        _FOR_PAHO) and whether any was taken."""
+        buffered = self._edgegw_read_ahead
+        on_puback = self.edgegw_on_puback
+        assert on_puback is not None
+        size = len(buffered)
+        at = 0
+        head = _EMPTY
+        while at < size:
+            if buffered[at] != _PUBACK:
+                head = _FOR_PAHO
+                break
+            length, index, shift = 0, at + 1, 0
+            while True:  # the remaining length: 1 to 4 bytes
+                if index >= size:
+                    length = -1
+                    break
+                byte = buffered[index]
+                index += 1
+                length |= (byte & 0x7F) << shift
+                if not byte & 0x80:
+                    break
+                shift += 7
+                if shift > 21:
+                    length = -2  # not a valid length: paho says so
+                    break
+            end = index + length
+            if length == -1 or (length >= 0 and end > size):
+                head = _PART
+                break
+            if length < 2:
+                head = _FOR_PAHO
+                break
+            mid = (buffered[index] << 8) | buffered[index + 1]
+            # MQTT 5: a reason code may follow (absent = success), then properties, ignored.
+            if not on_puback(mid, buffered[index + 2] if length > 2 else 0):
+                head = _FOR_PAHO
+                break
+            at = end
+        if at:
+            del buffered[:at]
+            self.consumed += at
+            with self._msgtime_mutex:
+                self._last_bytes_received = time.monotonic()
+        return head, at > 0
 
     def _sock_send(self, buf: bytes | bytearray) -> int:
         if not self._edgegw_coalescing:  # CONNECT, sent by paho.connect() in a worker thread
@@ -147,6 +256,7 @@ class _ReadAheadClient(paho.Client):
             buffered += data
         chunk = bytes(buffered[:bufsize])
         del buffered[:bufsize]  # cheap: a bytearray drops its head without moving the rest
+        self.consumed += len(chunk)
         return chunk
 
     def read_ahead(self) -> int:
@@ -316,6 +426,7 @@ class _Link:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.edgegw_on_puback = self._on_puback
         client.on_socket_open = self._on_socket_open
         client.on_socket_close = self._on_socket_close
         client.on_socket_register_write = self._on_socket_register_write
@@ -356,6 +467,16 @@ class _Link:
             return
         self.acks.append((token, 0 if rc < 0x80 else rc))  # 0x10 "no subscribers" is delivery
 
+    def _on_puback(self, mid: int, rc: int) -> bool:
+        """A PUBACK read by `_ReadAheadClient`: True if it was for a message of ours (paho's
+        own publishes, the status messages, are left to paho)."""
+        if mid in self.paho._out_messages:
+            return False
+        token = self.tokens.pop(mid, None)
+        if token is not None:
+            self.acks.append((token, 0 if rc < 0x80 else rc))  # 0x10 "no subscribers" too
+        return True  # an unknown mid: a message of an earlier window; nothing waits for it
+
     def _on_socket_open(self, _c: Any, _ud: Any, sock: Any) -> None:
         # Only if paho opened a second socket on its own (it should not: reconnect_on_failure
         # is off); keep it driven rather than silently stalled.
@@ -381,12 +502,13 @@ class _Link:
     def _on_readable(self) -> None:
         client = self.paho
         client.loop_read()
-        left = client.read_ahead()
-        # paho reads a bounded number of packets per call; the rest is in our buffer.
-        while left and client.socket() is not None:
+        # paho reads a bounded number of packets per call, and a call may read more from the
+        # socket than it parses: go on while calls make progress. A call that consumed
+        # nothing means a partial packet waits for more bytes (the socket wakes us).
+        while client.read_ahead() and client.socket() is not None:
+            before = client.consumed
             client.loop_read()
-            left, before = client.read_ahead(), left
-            if left >= before:  # paho took nothing: a partial packet waits for more bytes
+            if client.consumed == before:
                 break
         sock = client.socket()
         if isinstance(sock, ssl.SSLSocket) and sock.pending():
@@ -467,6 +589,7 @@ class _Link:
         client.on_connect = None
         client.on_disconnect = None
         client.on_publish = None
+        client.edgegw_on_puback = None
         sock = client.socket()
         if sock is not None:
             sock.close()
@@ -617,6 +740,17 @@ class MqttClient:
                 f"{len(tokens)} publishes unacknowledged by {self._settings.address}: "
                 f"refusing more (message ids are 16-bit; keep the in-flight window small)"
             )
+        if qos == 1 and not retain:
+            if "+" in topic or "#" in topic or not topic:
+                raise ValueError(f"not a topic to publish to: {topic!r}")
+            client = link.paho
+            mid = client._mid_generate()
+            while mid in tokens or mid in client._out_messages:  # ids wrapped past one in use
+                mid = client._mid_generate()  # MAX_OUTSTANDING < 65,535: one is free
+            packed = pack_publish_properties(user_properties, content_type) if link.v5 else None
+            client.send_publish(encode_publish(topic, mid, packed, payload))
+            tokens[mid] = token
+            return
         props: Properties | None = None
         if link.v5 and (user_properties or content_type is not None):
             props = PackedProperties(pack_publish_properties(user_properties, content_type))

@@ -1,4 +1,4 @@
-"""MQTT 5 PUBLISH properties, encoded without paho's Properties machinery (see client.py)."""
+"""MQTT PUBLISH packets and their MQTT 5 properties, encoded without paho (see client.py)."""
 
 from __future__ import annotations
 
@@ -55,6 +55,20 @@ def pack_publish_properties(
     n = len(body)
     # One length byte up to 127 bytes of properties, the common case.
     return (bytes((n,)) if n < 0x80 else _varint(n)) + body
+
+
+_MAX_REMAINING = 268_435_455  # the largest remaining length MQTT can encode (4 bytes)
+
+
+def encode_publish(topic: str, mid: int, properties: bytes | None, payload: bytes) -> bytes:
+    """A QoS 1 PUBLISH packet (not retained, not a duplicate): `properties` is the MQTT 5
+    property block from `pack_publish_properties` (None for MQTT 3.1.1)."""
+    name = _utf8(topic)
+    header = name + mid.to_bytes(2, "big") + (b"" if properties is None else properties)
+    size = len(header) + len(payload)
+    if size > _MAX_REMAINING:
+        raise ValueError(f"an MQTT packet holds at most 256 MB; this one would be {size} bytes")
+    return b"\x32" + _varint(size) + header + payload
 
 
 class PackedProperties(Properties):
