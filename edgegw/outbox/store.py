@@ -23,6 +23,7 @@ import os
 import sqlite3
 import time
 import uuid
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
@@ -254,7 +255,21 @@ class Outbox:
         self._db: aiosqlite.Connection | None = None
         # One connection, and SQLite transactions must not interleave across awaits.
         self._lock = asyncio.Lock()
-        self.appended = asyncio.Event()
+        # One event per reader (`appended_event`): a shared one, cleared by the first reader
+        # that woke, left the other sinks' forwarders asleep with new data committed.
+        self._appended: weakref.WeakSet[asyncio.Event] = weakref.WeakSet()
+
+    def appended_event(self) -> asyncio.Event:
+        """An event of the caller's own, set at every commit of new messages (set at first:
+        what is stored already waits)."""
+        event = asyncio.Event()
+        event.set()
+        self._appended.add(event)
+        return event
+
+    def _announce(self) -> None:
+        for event in self._appended:
+            event.set()
 
     async def open(self) -> None:
         """Open (create, migrate) the outbox. A damaged file is moved aside, never deleted:
@@ -545,7 +560,7 @@ class Outbox:
                 await self._drop_oldest(
                     self.depth - self.max_rows + max(1, self.max_rows // 100), "max_rows"
                 )
-        self.appended.set()
+        self._announce()
         return cut.stored
 
     async def _sent(self, ids: Iterable[str]) -> dict[str, tuple[str | None, Any]]:
@@ -797,7 +812,7 @@ class Outbox:
                 await self._rollback_quietly()
                 raise OutboxError(f"outbox write failed: {exc}") from exc
             self._stored(cut)
-        self.appended.set()
+        self._announce()
         for event in batch:
             supersedes = event.payload.get("supersedes")
             log.warning(

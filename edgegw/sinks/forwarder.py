@@ -64,6 +64,7 @@ class Forwarder:
 
     def __init__(self, outbox: Outbox, make_sink: MakeSink, *, drain_grace: float = 5.0) -> None:
         self.outbox = outbox
+        self._appended = outbox.appended_event()  # new messages committed (this sink's own)
         self.sink = make_sink(self._on_result)
         self._next_sink: Sink | None = None  # set by reconfigure(): used from the next connect
         self.drain_grace = drain_grace
@@ -250,8 +251,8 @@ class Forwarder:
             more = True  # rows may wait in the outbox beyond `ready`
             while not lost.done() and not stopped.done():
                 self._wake.clear()
-                more = more or self.outbox.appended.is_set()
-                self.outbox.appended.clear()
+                more = more or self._appended.is_set()
+                self._appended.clear()
                 room = sink.room()
                 if room > 0 and more and len(ready) < refill:
                     rows = await self.outbox.claim(cursor, page, sink.name)
@@ -273,7 +274,7 @@ class Forwarder:
                         continue
                 waiters = [lost, stopped, asyncio.ensure_future(self._wake.wait())]
                 if room > 0:
-                    waiters.append(asyncio.ensure_future(self.outbox.appended.wait()))
+                    waiters.append(asyncio.ensure_future(self._appended.wait()))
                 if delay is not None:
                     waiters.append(asyncio.ensure_future(asyncio.sleep(delay)))
                 await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)

@@ -12,6 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from edgegw.outbox.segments import StoredEvent
 from edgegw.outbox.store import Outbox, PendingEvent, read_stats
 
 
@@ -35,6 +36,7 @@ async def test_seq_is_assigned_at_commit_and_written_into_the_payload(outbox: Ou
     assert await outbox.append([event("k1"), event("k2"), event("k3")]) == 3
     rows = await outbox.claim(0, 10)
     assert [row.seq for row in rows] == [1, 2, 3]
+    assert {len(row) for row in rows} == {len(StoredEvent._fields)}  # made by tuple.__new__
     assert [orjson.loads(row.payload)["seq"] for row in rows] == [1, 2, 3]
     assert [row.id for row in rows] == ["k1", "k2", "k3"]
     assert outbox.depth == 3

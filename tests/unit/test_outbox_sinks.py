@@ -206,3 +206,19 @@ async def test_what_no_sink_selects_any_more_is_announced_by_a_gap_message(
     assert (gap["dropped"], gap["count"], rows[0].seq) == ([[1, 4]], 4, 5)
     assert gap["reason"] == "selected by no configured sink: telemetry of press"
     await box.close()
+
+
+async def test_each_reader_is_told_of_new_messages_on_its_own(tmp_path: Path) -> None:
+    # One shared event, cleared by the forwarder that woke first, left the other sink's
+    # forwarder asleep with new messages committed.
+    box = await opened(tmp_path / "outbox.sqlite3", {"a": takes_all, "b": takes_all})
+    first, second = box.appended_event(), box.appended_event()
+    assert first.is_set()  # what is stored already waits
+    assert second.is_set()
+    first.clear()
+    second.clear()
+    await box.append([telemetry("p1", "press")])
+    assert first.is_set()
+    first.clear()
+    assert second.is_set()
+    await box.close()

@@ -13,6 +13,7 @@ import pytest
 from edgegw.config.diagnostics import validate_document
 from edgegw.config.model import GatewayConfig
 from edgegw.config.yamlpos import load_yaml_text
+from edgegw.outbox.store import PendingEvent
 from edgegw.pipeline.keys import telemetry_key
 from edgegw.pipeline.telemetry import TelemetryBuilder, iso_utc
 from edgegw.reading import Reading
@@ -102,6 +103,8 @@ def test_non_finite_values_are_never_good(bad: float) -> None:
 
 def test_envelope_matches_the_shipped_schema_and_design() -> None:
     (event,) = builder().build([reading("temp", 72)])
+    # Made with tuple.__new__ (no defaults, no arity check): every field must be there.
+    assert len(event) == len(PendingEvent._fields)
     payload = dict(event.payload, seq=1)
     schema = json.loads(resources.files("edgegw").joinpath("schemas/telemetry-1.json").read_text())
     jsonschema.validate(payload, schema)
